@@ -1,0 +1,161 @@
+"""The MetadataStore protocol: sessions, tenants, transcripts (and, in later
+layers, the chunk index, snapshots and leases) in one transactional database.
+
+Implementations: :class:`~sessiond.server.storage.sqlite_meta.SqliteMetadataStore`
+(the embedded default, one file) and
+:class:`~sessiond.server.storage.postgres_meta.PostgresMetadataStore` (asyncpg,
+versioned migrations, shared by every server replica). Both run the contract
+suite in ``tests/contracts/test_metadata_store.py``.
+
+Every row carries ``tenant_id`` and every method takes the tenant explicitly:
+a row of another tenant is indistinguishable from a missing one (``NotFound``).
+Timestamps come from the database clock, never from the caller.
+
+Errors are translated at this edge: ``NotFound``, ``AlreadyExists``,
+``FailedPrecondition``, ``InvalidArgument`` (e.g. a malformed page token) and
+``Unavailable`` (the database cannot be reached or the connection dropped).
+Driver exceptions never escape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from .records import (
+    AppendResult,
+    NewSession,
+    Page,
+    SessionRecord,
+    Tenant,
+    TranscriptEntry,
+    TranscriptKey,
+    TranscriptSession,
+    TranscriptSummary,
+)
+
+DEFAULT_TENANT = "default"
+
+
+class TenantTable(Protocol):
+    async def create(self, tenant_id: str, name: str) -> Tenant:
+        """Create a tenant with a fresh random chunk key. ``AlreadyExists`` if
+        the id is taken."""
+        ...
+
+    async def ensure(self, tenant_id: str, name: str) -> Tenant:
+        """Return the tenant, creating it if absent (race-free: concurrent
+        callers get the same row and the same chunk key)."""
+        ...
+
+    async def get(self, tenant_id: str) -> Tenant:
+        """``NotFound`` if absent."""
+        ...
+
+
+class SessionTable(Protocol):
+    async def create(self, new: NewSession) -> SessionRecord:
+        """Insert a session in state NEW with epoch 0. ``AlreadyExists`` if the
+        (tenant, session id) pair is taken, deleted sessions included."""
+        ...
+
+    async def get(self, tenant_id: str, session_id: str) -> SessionRecord:
+        """The session, deleted ones included. ``NotFound`` if absent."""
+        ...
+
+    async def list(
+        self,
+        tenant_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        include_deleted: bool = False,
+    ) -> Page[SessionRecord]:
+        """Sessions newest first (created_at, then session_id, descending) that
+        carry every label in ``labels``. Paging is stable under concurrent
+        inserts (keyset, not offset). ``InvalidArgument`` for a malformed
+        token."""
+        ...
+
+    async def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        set_labels: Mapping[str, str] | None = None,
+        remove_labels: Sequence[str] = (),
+        agent_options: dict[str, Any] | None = None,
+        snapshot_policy: dict[str, Any] | None = None,
+    ) -> SessionRecord:
+        """Apply the changes atomically and bump ``updated_at``. ``NotFound``;
+        ``FailedPrecondition`` if the session is deleted."""
+        ...
+
+    async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
+        """Move the session to DELETED (idempotent) and bump its epoch so any
+        holder of a lease on it is fenced. ``NotFound`` if absent."""
+        ...
+
+
+class TranscriptTable(Protocol):
+    """Storage behind the SDK ``SessionStore`` protocol, per tenant."""
+
+    async def append(
+        self, tenant_id: str, key: TranscriptKey, entries: Sequence[TranscriptEntry]
+    ) -> AppendResult:
+        """Append a batch in one transaction, after any earlier append to the
+        same key (per-key order is commit order).
+
+        Idempotent on ``uuid``: an entry whose uuid is already stored under the
+        key — or repeated earlier in the same batch — is skipped and counted in
+        ``duplicates``. Entries without uuid are always appended. For a main key
+        (empty subpath) the session's summary is folded with the SDK's
+        ``fold_session_summary`` over the newly appended entries inside the same
+        transaction, serialized per session, and stamped with the same storage
+        mtime that :meth:`list_sessions` reports. An empty batch is a no-op.
+        """
+        ...
+
+    def load(
+        self, tenant_id: str, key: TranscriptKey, *, page_size: int = 500
+    ) -> AsyncIterator[list[str]]:
+        """Stream the key's entries (JSON text) in append order, in pages of at
+        most ``page_size``; memory is bounded by one page. Raises ``NotFound``
+        on first iteration if the key holds no entry."""
+        ...
+
+    async def list_sessions(self, tenant_id: str, project_key: str) -> list[TranscriptSession]:
+        """Main transcripts (empty subpath) of the project, any order."""
+        ...
+
+    async def list_summaries(self, tenant_id: str, project_key: str) -> list[TranscriptSummary]:
+        ...
+
+    async def delete(self, tenant_id: str, key: TranscriptKey) -> None:
+        """Delete one key; an empty subpath cascades to every subpath of the
+        session and to its summary. Idempotent."""
+        ...
+
+    async def list_subkeys(self, tenant_id: str, project_key: str, session_id: str) -> list[str]:
+        """Subpaths holding entries under the session, sorted."""
+        ...
+
+
+class MetadataStore(Protocol):
+    tenants: TenantTable
+    sessions: SessionTable
+    transcripts: TranscriptTable
+
+    async def now(self) -> datetime:
+        """The database clock (timezone-aware UTC)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless a trivial query succeeds."""
+        ...
+
+    async def close(self) -> None:
+        """Release the pool/connection. Idempotent."""
+        ...

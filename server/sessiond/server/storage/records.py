@@ -1,0 +1,111 @@
+"""Plain records that cross the storage boundary (no grpc, no SQL)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SessionState(enum.StrEnum):
+    """Lifecycle state of a session (mirrors sessiond.v1.SessionState)."""
+
+    NEW = "new"
+    HYDRATING = "hydrating"
+    ACTIVE = "active"
+    SUSPENDING = "suspending"
+    SUSPENDED = "suspended"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    # 32 random bytes: the key of the tenant's keyed-BLAKE3 chunk ids.
+    chunk_key: bytes
+    created_at: datetime
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """What a caller supplies to create a session."""
+
+    tenant_id: str
+    session_id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    snapshot_policy: dict[str, Any] = field(default_factory=dict)
+    forked_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    tenant_id: str
+    session_id: str
+    state: SessionState
+    labels: dict[str, str]
+    agent_options: dict[str, Any]
+    snapshot_policy: dict[str, Any]
+    sdk_session_id: str | None
+    latest_snapshot_id: str | None
+    forked_from: str | None
+    sandbox_id: str | None
+    sandbox_cwd: str | None
+    turn_count: int
+    # Fencing epoch: bumped by every takeover; stale holders are refused.
+    epoch: int
+    created_at: datetime
+    updated_at: datetime
+    last_active_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    # Opaque; empty on the last page.
+    next_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptKey:
+    project_key: str
+    session_id: str
+    # "" for the main transcript.
+    subpath: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One entry as the SDK mirrored it: JSON object text, plus its parsed form
+    (for the summary fold) and its ``uuid`` (the idempotency key) if any."""
+
+    data: str
+    parsed: dict[str, Any]
+    uuid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    appended: int
+    duplicates: int
+    # Storage write time, epoch ms; 0 when nothing was written.
+    mtime_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSession:
+    session_id: str
+    mtime_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSummary:
+    session_id: str
+    mtime_ms: int
+    # The SDK SessionSummaryEntry "data" object, verbatim.
+    data: dict[str, Any]
