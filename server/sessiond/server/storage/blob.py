@@ -101,8 +101,7 @@ class BlobStore(Protocol):
         """Size of the object. ``NotFound`` if absent."""
         ...
 
-    async def exists(self, key: str) -> bool:
-        ...
+    async def exists(self, key: str) -> bool: ...
 
     async def delete(self, key: str) -> None:
         """Remove the object. Idempotent: deleting a missing key succeeds."""

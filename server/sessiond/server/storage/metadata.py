@@ -130,8 +130,7 @@ class TranscriptTable(Protocol):
         """Main transcripts (empty subpath) of the project, any order."""
         ...
 
-    async def list_summaries(self, tenant_id: str, project_key: str) -> list[TranscriptSummary]:
-        ...
+    async def list_summaries(self, tenant_id: str, project_key: str) -> list[TranscriptSummary]: ...
 
     async def delete(self, tenant_id: str, key: TranscriptKey) -> None:
         """Delete one key; an empty subpath cascades to every subpath of the

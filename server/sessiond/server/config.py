@@ -1,0 +1,57 @@
+"""Server configuration: parsed only at the edge (the CLI), passed explicitly."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sessiond.client.errors import InvalidArgument
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_IDLE_TIMEOUT = 900.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path
+    database_url: str
+    blob_url: str
+    listen: str = DEFAULT_LISTEN
+    # "none" (embedded default, loopback only) or "api-key".
+    auth: str = "none"
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    drain_seconds: float = 30.0
+    # Seconds between health probes of the stores.
+    health_interval: float = 2.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def embedded(data_dir: Path) -> tuple[str, str]:
+        """The embedded default's database and blob URLs under ``data_dir``."""
+        root = data_dir.resolve()
+        return f"sqlite:///{root / 'metadata.db'}", f"file://{root / 'blobs'}"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) → (host, port); InvalidArgument
+    naming the flag otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise InvalidArgument(f"--listen {value!r}: expected HOST:PORT")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise InvalidArgument(f"--listen {value!r}: port out of range")
+    return host.strip("[]"), port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

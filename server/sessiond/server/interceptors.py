@@ -1,0 +1,197 @@
+"""The one server interceptor: authenticate, run, map errors, log one line.
+
+* Authentication resolves the caller's :class:`Identity` (the tenant comes only
+  from credentials) and makes it current for the RPC.
+* :class:`~sessiond.client.errors.SessiondError` becomes its gRPC status with
+  its message; any other exception becomes INTERNAL with a generic message —
+  the traceback is logged, never sent.
+* One log line per RPC: method, status, duration, tenant and the ids/byte
+  counts servicers attached with :func:`log_field`. Never request content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+from grpc.aio import ServicerContext
+
+from sessiond.client.errors import SessiondError
+
+from .identity import (
+    Identity,
+    begin_log_fields,
+    end_log_fields,
+    reset_identity,
+    set_identity,
+)
+
+log = logging.getLogger(__name__)
+
+# Infrastructure services that answer without credentials.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, metadata: Metadata, method: str) -> Identity:
+        """The caller's identity. Raises ``Unauthenticated`` (no/bad/expired
+        credentials) or ``PermissionDenied`` (valid credentials, wrong RPC)."""
+        ...
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        metadata: Metadata = tuple(details.invocation_metadata or ())
+        return _wrap(handler, method, metadata, self._auth)
+
+
+async def _enter(
+    context: ServicerContext, method: str, metadata: Metadata, auth: Authenticator
+) -> tuple[Identity | None, SessiondError | None]:
+    try:
+        return await auth.authenticate(metadata, method), None
+    except SessiondError as exc:
+        return None, exc
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, SessiondError):
+        return exc.code, exc.message
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
+def _log_line(
+    method: str,
+    code: grpc.StatusCode,
+    started: float,
+    ident: Identity | None,
+    fields: dict[str, object],
+) -> None:
+    extra = " ".join(f"{k}={v}" for k, v in fields.items())
+    log.info(
+        "rpc %s code=%s tenant=%s duration_ms=%.1f %s",
+        method,
+        code.name,
+        ident.tenant_id if ident else "-",
+        (time.monotonic() - started) * 1000,
+        extra,
+    )
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, method: str, metadata: Metadata, auth: Authenticator
+) -> grpc.RpcMethodHandler:
+    if handler.response_streaming:
+        inner_stream: Callable[[Any, ServicerContext], AsyncIterator[Any]] = (
+            handler.unary_stream or handler.stream_stream
+        )
+
+        async def streaming(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+            started = time.monotonic()
+            fields, ftoken = begin_log_fields()
+            ident, err = await _enter(context, method, metadata, auth)
+            itoken = set_identity(ident)
+            code = grpc.StatusCode.OK
+            try:
+                if err is not None:
+                    raise err
+                async for item in inner_stream(request, context):
+                    yield item
+            except SessiondError as exc:
+                code, message = _status_of(exc)
+                await context.abort(code, message)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                if _is_abort(exc):
+                    code = _context_code(context)
+                    raise
+                code, message = _status_of(exc)
+                log.exception("unhandled error in %s", method)
+                await context.abort(code, message)
+            finally:
+                _log_line(method, code, started, ident, fields)
+                reset_identity(itoken)
+                end_log_fields(ftoken)
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            streaming,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    inner_unary: Callable[[Any, ServicerContext], Awaitable[Any]] = (
+        handler.unary_unary or handler.stream_unary
+    )
+
+    async def unary(request: Any, context: ServicerContext) -> Any:
+        started = time.monotonic()
+        fields, ftoken = begin_log_fields()
+        ident, err = await _enter(context, method, metadata, auth)
+        itoken = set_identity(ident)
+        code = grpc.StatusCode.OK
+        try:
+            if err is not None:
+                raise err
+            return await inner_unary(request, context)
+        except SessiondError as exc:
+            code, message = _status_of(exc)
+            await context.abort(code, message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                code = _context_code(context)
+                raise
+            code, message = _status_of(exc)
+            log.exception("unhandled error in %s", method)
+            await context.abort(code, message)
+        finally:
+            _log_line(method, code, started, ident, fields)
+            reset_identity(itoken)
+            end_log_fields(ftoken)
+
+    factory = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory(
+        unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises grpc.aio.AbortError; let it through untouched.
+    return isinstance(exc, grpc.aio.AbortError)
+
+
+def _context_code(context: ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN

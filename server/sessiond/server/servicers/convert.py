@@ -1,0 +1,61 @@
+"""Protobuf ⇄ record conversion, shared by the servicers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sessiond.api.v1 import common_pb2
+
+from ..storage.records import SessionRecord, SessionState
+
+M = TypeVar("M", bound=Message)
+
+_STATE_TO_PB = {
+    SessionState.NEW: common_pb2.SESSION_STATE_NEW,
+    SessionState.HYDRATING: common_pb2.SESSION_STATE_HYDRATING,
+    SessionState.ACTIVE: common_pb2.SESSION_STATE_ACTIVE,
+    SessionState.SUSPENDING: common_pb2.SESSION_STATE_SUSPENDING,
+    SessionState.SUSPENDED: common_pb2.SESSION_STATE_SUSPENDED,
+    SessionState.DELETED: common_pb2.SESSION_STATE_DELETED,
+}
+
+
+def timestamp(value: datetime | None) -> Timestamp:
+    ts = Timestamp()
+    if value is not None:
+        ts.FromDatetime(value)
+    return ts
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Only the fields that are set, with proto field names (stored as JSON)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def dict_to_message(data: dict[str, Any], message: M) -> M:
+    json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    return message
+
+
+def session_to_pb(record: SessionRecord) -> common_pb2.Session:
+    return common_pb2.Session(
+        session_id=record.session_id,
+        state=_STATE_TO_PB[record.state],
+        labels=record.labels,
+        sdk_session_id=record.sdk_session_id or "",
+        agent_options=dict_to_message(record.agent_options, common_pb2.AgentOptions()),
+        snapshot_policy=dict_to_message(record.snapshot_policy, common_pb2.SnapshotPolicy()),
+        latest_snapshot_id=record.latest_snapshot_id or "",
+        forked_from_session_id=record.forked_from or "",
+        create_time=timestamp(record.created_at),
+        update_time=timestamp(record.updated_at),
+        last_active_time=timestamp(record.last_active_at),
+        sandbox_id=record.sandbox_id or "",
+        sandbox_cwd=record.sandbox_cwd or "",
+        turn_count=record.turn_count,
+    )

@@ -1,0 +1,132 @@
+"""SessionService: a thin protobuf adapter over :class:`core.sessions.Sessions`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc.aio import ServicerContext
+
+from sessiond.api.v1 import common_pb2, sessions_pb2, sessions_pb2_grpc
+from sessiond.client.errors import Unimplemented
+
+from ..core.sessions import Sessions
+from ..identity import current_identity, log_field
+from .convert import message_to_dict, session_to_pb
+
+
+def _not_yet(rpc: str) -> Unimplemented:
+    return Unimplemented(f"SessionService.{rpc} is not implemented by this sessiond version yet")
+
+
+class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+
+    async def CreateSession(
+        self, request: sessions_pb2.CreateSessionRequest, context: ServicerContext
+    ) -> common_pb2.Session:
+        ident = current_identity()
+        record = await self._sessions.create(
+            ident.tenant_id,
+            session_id=request.session_id,
+            labels=dict(request.labels),
+            agent_options=message_to_dict(request.agent_options),
+            snapshot_policy=message_to_dict(request.snapshot_policy),
+        )
+        log_field("session", record.session_id)
+        return session_to_pb(record)
+
+    async def GetSession(
+        self, request: sessions_pb2.GetSessionRequest, context: ServicerContext
+    ) -> common_pb2.Session:
+        log_field("session", request.session_id)
+        record = await self._sessions.get(current_identity().tenant_id, request.session_id)
+        return session_to_pb(record)
+
+    async def ListSessions(
+        self, request: sessions_pb2.ListSessionsRequest, context: ServicerContext
+    ) -> sessions_pb2.ListSessionsResponse:
+        page = await self._sessions.list(
+            current_identity().tenant_id,
+            label_selector=dict(request.label_selector),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            include_deleted=request.include_deleted,
+        )
+        log_field("count", len(page.items))
+        return sessions_pb2.ListSessionsResponse(
+            sessions=[session_to_pb(r) for r in page.items], next_page_token=page.next_token
+        )
+
+    async def UpdateSession(
+        self, request: sessions_pb2.UpdateSessionRequest, context: ServicerContext
+    ) -> common_pb2.Session:
+        log_field("session", request.session_id)
+        record = await self._sessions.update(
+            current_identity().tenant_id,
+            request.session_id,
+            set_labels=dict(request.set_labels),
+            remove_labels=list(request.remove_labels),
+            agent_options=(
+                message_to_dict(request.agent_options)
+                if request.HasField("agent_options")
+                else None
+            ),
+            snapshot_policy=(
+                message_to_dict(request.snapshot_policy)
+                if request.HasField("snapshot_policy")
+                else None
+            ),
+        )
+        return session_to_pb(record)
+
+    async def DeleteSession(
+        self, request: sessions_pb2.DeleteSessionRequest, context: ServicerContext
+    ) -> sessions_pb2.DeleteSessionResponse:
+        log_field("session", request.session_id)
+        await self._sessions.delete(current_identity().tenant_id, request.session_id)
+        return sessions_pb2.DeleteSessionResponse()
+
+    async def Query(
+        self, request: sessions_pb2.QueryRequest, context: ServicerContext
+    ) -> AsyncIterator[sessions_pb2.QueryEvent]:
+        raise _not_yet("Query")
+        yield sessions_pb2.QueryEvent()  # pragma: no cover - makes this a generator
+
+    async def Suspend(
+        self, request: sessions_pb2.SuspendRequest, context: ServicerContext
+    ) -> sessions_pb2.SuspendResponse:
+        raise _not_yet("Suspend")
+
+    async def Resume(
+        self, request: sessions_pb2.ResumeRequest, context: ServicerContext
+    ) -> common_pb2.Session:
+        raise _not_yet("Resume")
+
+    async def Fork(
+        self, request: sessions_pb2.ForkRequest, context: ServicerContext
+    ) -> common_pb2.Session:
+        raise _not_yet("Fork")
+
+    async def ListSnapshots(
+        self, request: sessions_pb2.ListSnapshotsRequest, context: ServicerContext
+    ) -> sessions_pb2.ListSnapshotsResponse:
+        raise _not_yet("ListSnapshots")
+
+    async def Restore(
+        self, request: sessions_pb2.RestoreRequest, context: ServicerContext
+    ) -> common_pb2.Session:
+        raise _not_yet("Restore")
+
+    async def ExportSession(
+        self, request: sessions_pb2.ExportSessionRequest, context: ServicerContext
+    ) -> AsyncIterator[sessions_pb2.ExportSessionResponse]:
+        raise _not_yet("ExportSession")
+        yield sessions_pb2.ExportSessionResponse()  # pragma: no cover
+
+    async def ImportSession(
+        self,
+        request_iterator: AsyncIterator[sessions_pb2.ImportSessionRequest],
+        context: ServicerContext,
+    ) -> common_pb2.Session:
+        raise _not_yet("ImportSession")

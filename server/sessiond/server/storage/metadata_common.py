@@ -1,0 +1,156 @@
+"""Dialect-independent pieces shared by the MetadataStore backends.
+
+Argument checks, the opaque session-list page token, transcript batch
+de-duplication and the SDK summary fold live here once, so that SQLite and
+PostgreSQL cannot drift apart on anything the contract suite checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from claude_agent_sdk import SessionKey, SessionStoreEntry, SessionSummaryEntry
+from claude_agent_sdk import fold_session_summary as _sdk_fold
+
+from sessiond.client.errors import InvalidArgument
+
+from .records import TranscriptEntry, TranscriptKey
+
+#: Upper bound on one page of sessions; larger requests are capped.
+MAX_PAGE_SIZE = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TOKEN_VERSION = 1
+
+
+def check_id(what: str, value: str) -> str:
+    """``value`` if it is a non-empty string, else ``InvalidArgument``."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string")
+    return value
+
+
+def check_key(key: TranscriptKey) -> TranscriptKey:
+    check_id("project_key", key.project_key)
+    check_id("session_id", key.session_id)
+    if not isinstance(key.subpath, str):
+        raise InvalidArgument("subpath must be a string")
+    return key
+
+
+def check_page_size(page_size: int) -> int:
+    """Page sizes below 1 are ``InvalidArgument``; above MAX_PAGE_SIZE are capped."""
+    if not isinstance(page_size, int) or page_size < 1:
+        raise InvalidArgument(f"page_size must be a positive integer, got {page_size!r}")
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+def check_label_changes(set_labels: Mapping[str, str], remove_labels: Sequence[str]) -> None:
+    """A key both set and removed in one update is ambiguous: ``InvalidArgument``."""
+    if isinstance(remove_labels, str):
+        raise InvalidArgument("remove_labels must be a sequence of keys, not a string")
+    both = sorted(set(set_labels) & set(remove_labels))
+    if both:
+        raise InvalidArgument(f"labels both set and removed in one update: {', '.join(both)}")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; ASCII-only so that any str (even a lone surrogate) encodes."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+# --- timestamps --------------------------------------------------------------
+
+
+def micros(dt: datetime) -> int:
+    """Exact integer microseconds since the Unix epoch of an aware datetime."""
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+# --- page tokens -------------------------------------------------------------
+
+
+def list_fingerprint(
+    tenant_id: str, labels: Mapping[str, str] | None, include_deleted: bool
+) -> str:
+    """Binds a page token to the query that produced it: a token replayed
+    with another tenant or filter is rejected instead of silently skipping."""
+    material = dumps([tenant_id, sorted((labels or {}).items()), include_deleted])
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def encode_page_token(fingerprint: str, created_us: int, session_id: str) -> str:
+    """Opaque keyset cursor: urlsafe base64 of JSON ``[v, fp, created_us, id]``."""
+    raw = dumps([_TOKEN_VERSION, fingerprint, created_us, session_id]).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_page_token(token: str, fingerprint: str) -> tuple[int, str] | None:
+    """``None`` for the first page, else the ``(created_us, session_id)`` the
+    previous page ended at. ``InvalidArgument`` for anything not produced by
+    :func:`encode_page_token` for the same query."""
+    if not token:
+        return None
+    if not isinstance(token, str) or len(token) > 4096:
+        raise InvalidArgument("malformed page token")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgument("malformed page token") from exc
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or value[0] != _TOKEN_VERSION
+        or not isinstance(value[1], str)
+        or type(value[2]) is not int
+        or not isinstance(value[3], str)
+    ):
+        raise InvalidArgument("malformed page token")
+    if value[1] != fingerprint:
+        raise InvalidArgument("page token does not belong to this query")
+    return value[2], value[3]
+
+
+# --- transcripts -------------------------------------------------------------
+
+
+def dedupe_batch(entries: Sequence[TranscriptEntry]) -> list[TranscriptEntry]:
+    """The batch without entries whose uuid already appeared earlier in it
+    (first occurrence wins; entries without uuid are all kept)."""
+    seen: set[str] = set()
+    out: list[TranscriptEntry] = []
+    for entry in entries:
+        if entry.uuid is not None:
+            if entry.uuid in seen:
+                continue
+            seen.add(entry.uuid)
+        out.append(entry)
+    return out
+
+
+def fold_summary(
+    key: TranscriptKey,
+    prev: tuple[int, dict[str, Any]] | None,
+    new_entries: Sequence[TranscriptEntry],
+) -> dict[str, Any]:
+    """The summary ``data`` after folding ``new_entries`` (only the entries
+    this append really stored) into ``prev`` = ``(mtime_ms, data)``, with
+    the SDK's own ``fold_session_summary``. The caller stamps the mtime."""
+    sdk_key: SessionKey = {"project_key": key.project_key, "session_id": key.session_id}
+    sdk_prev: SessionSummaryEntry | None = None
+    if prev is not None:
+        sdk_prev = {"session_id": key.session_id, "mtime": prev[0], "data": prev[1]}
+    parsed = [cast(SessionStoreEntry, e.parsed) for e in new_entries]
+    return dict(_sdk_fold(sdk_prev, sdk_key, parsed)["data"])
