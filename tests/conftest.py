@@ -7,4 +7,6 @@ from __future__ import annotations
 pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.seaweedfs",
+    "tests.fakeapi.fixtures",
+    "tests.fixtures.server",
 ]

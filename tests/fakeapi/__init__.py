@@ -5,7 +5,7 @@ See README.md beside this file for what the CLI sends and what it writes.
 
 from __future__ import annotations
 
-from tests.fakeapi.cli_env import cli_env
+from tests.fakeapi.cli_env import bundled_cli, cli_env
 from tests.fakeapi.recorded import RecordedRequest
 from tests.fakeapi.server import FakeMessagesAPI, Responder
 from tests.fakeapi.steps import Step, api_error, text, tool_use
@@ -16,6 +16,7 @@ __all__ = [
     "Responder",
     "Step",
     "api_error",
+    "bundled_cli",
     "cli_env",
     "text",
     "tool_use",

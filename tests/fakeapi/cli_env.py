@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import claude_agent_sdk
+
 # Inherited variables that would send the CLI elsewhere or change its model or
 # auth. The SDK merges options.env over os.environ and cannot unset a key, so
 # any of these present in our environment are overridden with "" (false).
@@ -78,3 +80,8 @@ def cli_env(
     )
     env.update(extra or {})
     return env
+
+
+def bundled_cli() -> Path:
+    """The Claude Code binary shipped inside the claude-agent-sdk wheel."""
+    return Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"

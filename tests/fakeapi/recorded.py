@@ -59,6 +59,12 @@ class RecordedRequest:
         return self.headers.get("x-claude-code-session-id")
 
     @property
+    def is_subagent(self) -> bool:
+        """True for a subagent's request (the CLI marks it ``cc_is_subagent=true``
+        in the ``x-anthropic-billing-header`` system block)."""
+        return "cc_is_subagent=true" in self.system_text
+
+    @property
     def tool_names(self) -> list[str]:
         return [str(t.get("name")) for t in self.body.get("tools") or []]
 

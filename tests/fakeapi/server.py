@@ -14,14 +14,18 @@ Replies to main-agent requests come, in order of precedence, from:
 
 Side requests (anything :attr:`FakeMessagesAPI.is_side_request` flags: by
 default a request that offers no tools, as title/summary generation does) get
-``side_step`` and never consume the script. Every request is recorded.
+``side_step`` and never consume the script. Every request is recorded. A
+responder that raises makes the reply a 500 and is re-raised when the ``with``
+block exits (also kept in ``errors``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
+import socket
 import threading
 import time
 import zlib
@@ -32,7 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from tests.fakeapi.recorded import RecordedRequest
-from tests.fakeapi.steps import Step, text
+from tests.fakeapi.steps import Step, api_error, text
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ class FakeMessagesAPI:
         self._log: list[tuple[str, str, int]] = []
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
+        self._conns: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
+        self.errors: list[Exception] = []  # raised by responders; re-raised on __exit__
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -76,17 +82,26 @@ class FakeMessagesAPI:
             server.block_on_close = False  # the CLI keeps connections alive
             self._server = server
             self._thread = threading.Thread(
-                target=server.serve_forever, name="fake-messages-api", daemon=True
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="fake-messages-api",
+                daemon=True,
             )
             self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket. Idempotent."""
+        """Stop serving, close the socket and cut open keep-alive connections
+        (a CLI still running sees the API go away). Idempotent."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()
+        with self._cond:
+            conns, self._conns = set(self._conns), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -101,6 +116,8 @@ class FakeMessagesAPI:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        if exc is None and self.errors:
+            raise AssertionError("a fake API responder failed") from self.errors[0]
 
     @property
     def base_url(self) -> str:
@@ -197,6 +214,13 @@ class FakeMessagesAPI:
 
     # -- used by the handler -------------------------------------------------
 
+    def _track(self, conn: socket.socket, open_: bool) -> None:
+        with self._cond:
+            if open_:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
+
     def _log_http(self, method: str, path: str, status: int) -> None:
         with self._cond:
             self._log.append((method, path, status))
@@ -232,7 +256,15 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "fake-anthropic/1"
     fake: FakeMessagesAPI
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def setup(self) -> None:
+        super().setup()
+        self.fake._track(self.connection, True)
+
+    def finish(self) -> None:
+        self.fake._track(self.connection, False)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("fakeapi: " + format, *args)
 
     # -- plumbing --------------------------------------------------------------
@@ -312,7 +344,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _messages(self) -> None:
         body = self._read_json()
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "x-api-key"}
-        step = self.fake._answer(self.path, headers, body)
+        try:
+            step = self.fake._answer(self.path, headers, body)
+        except Exception as exc:  # a test's responder is broken: surface it, don't hang
+            logger.exception("fake API responder failed")
+            with self.fake._cond:
+                self.fake.errors.append(exc)
+            step = api_error(500, "api_error", f"fake responder failed: {exc!r}")
         if step.delay:
             time.sleep(step.delay)
         if step.error is not None:

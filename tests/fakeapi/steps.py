@@ -52,8 +52,10 @@ class Step:
 
     def __add__(self, other: Step) -> Step:
         """Concatenate blocks; a tool_use anywhere makes the reply stop on tool_use."""
-        stop = "tool_use" if "tool_use" in (self.stop_reason, other.stop_reason) else (
-            other.stop_reason
+        stop = (
+            "tool_use"
+            if "tool_use" in (self.stop_reason, other.stop_reason)
+            else (other.stop_reason)
         )
         return replace(self, blocks=self.blocks + other.blocks, stop_reason=stop)
 
@@ -88,11 +90,14 @@ class Step:
         yield "ping", {"type": "ping"}
         for index, block in enumerate(self.blocks):
             yield from _block_events(index, block)
-        yield "message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": self.usage.get("output_tokens", 5)},
-        }
+        yield (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": self.usage.get("output_tokens", 5)},
+            },
+        )
         yield "message_stop", {"type": "message_stop"}
 
     def error_body(self) -> JSON:
@@ -114,29 +119,41 @@ class Step:
 def _block_events(index: int, block: JSON) -> Iterator[tuple[str, JSON]]:
     kind = block["type"]
     if kind == "text":
-        yield "content_block_start", {
-            "type": "content_block_start",
-            "index": index,
-            "content_block": {"type": "text", "text": ""},
-        }
+        yield (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
         for piece in _chunks(block["text"], _TEXT_CHUNK):
-            yield "content_block_delta", {
-                "type": "content_block_delta",
-                "index": index,
-                "delta": {"type": "text_delta", "text": piece},
-            }
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
+            )
     elif kind == "tool_use":
-        yield "content_block_start", {
-            "type": "content_block_start",
-            "index": index,
-            "content_block": {**block, "input": {}},
-        }
-        for piece in _chunks(json.dumps(block["input"]), _JSON_CHUNK):
-            yield "content_block_delta", {
-                "type": "content_block_delta",
+        yield (
+            "content_block_start",
+            {
+                "type": "content_block_start",
                 "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": piece},
-            }
+                "content_block": {**block, "input": {}},
+            },
+        )
+        for piece in _chunks(json.dumps(block["input"]), _JSON_CHUNK):
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                },
+            )
     else:
         raise ValueError(f"unsupported block type {kind!r}")
     yield "content_block_stop", {"type": "content_block_stop", "index": index}
@@ -147,7 +164,7 @@ def text(s: str) -> Step:
     return Step(blocks=({"type": "text", "text": s},))
 
 
-def tool_use(name: str, input: JSON, *, id: str | None = None) -> Step:  # noqa: A002
+def tool_use(name: str, input: JSON, *, id: str | None = None) -> Step:
     """A reply that calls tool ``name`` with ``input`` (``stop_reason=tool_use``).
 
     The CLI runs the tool and sends the next request with a ``tool_result``
@@ -157,7 +174,7 @@ def tool_use(name: str, input: JSON, *, id: str | None = None) -> Step:  # noqa:
     return Step(blocks=(block,), stop_reason="tool_use")
 
 
-def api_error(status: int = 500, type: str = "api_error", message: str = "fake error") -> Step:  # noqa: A002
+def api_error(status: int = 500, type: str = "api_error", message: str = "fake error") -> Step:
     """An HTTP error reply in the API's envelope (529 ``overloaded_error`` is retried
     by the CLI with backoff; 400 ``invalid_request_error`` is not)."""
     return Step(error=(status, type, message))

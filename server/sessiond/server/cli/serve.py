@@ -19,6 +19,7 @@ from typing import Any
 from sessiond.client.errors import InvalidArgument, SessiondError
 
 from ..config import DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, ServerConfig, is_loopback, parse_listen
+from .options import add_store_flags
 
 log = logging.getLogger("sessiond.server")
 
@@ -33,22 +34,19 @@ def add_parser(sub: Any) -> None:
         default=env("SESSIOND_LISTEN", DEFAULT_LISTEN),
         help="HOST:PORT to listen on (env SESSIOND_LISTEN; default %(default)s)",
     )
-    p.add_argument(
-        "--data-dir",
-        default=env("SESSIOND_DATA_DIR", ".sessiond"),
-        help="directory of the embedded stores (env SESSIOND_DATA_DIR; default %(default)s)",
-    )
-    p.add_argument(
-        "--database-url",
-        default=env("SESSIOND_DATABASE_URL", ""),
-        help="postgresql://… or sqlite:///… (env SESSIOND_DATABASE_URL; "
-        "default: SQLite in the data dir)",
-    )
+    add_store_flags(p)
     p.add_argument(
         "--blob-url",
         default=env("SESSIOND_BLOB_URL", ""),
         help="s3://bucket/prefix?endpoint=…&region=… or file:///dir (env SESSIOND_BLOB_URL; "
         "default: a directory in the data dir)",
+    )
+    p.add_argument(
+        "--auth",
+        default=env("SESSIOND_AUTH", "none"),
+        choices=["none", "api-key"],
+        help="'none': every caller is the default tenant (loopback only); 'api-key': "
+        "tenant API keys as bearer tokens (env SESSIOND_AUTH; default %(default)s)",
     )
     p.add_argument(
         "--idle-timeout",
@@ -76,17 +74,17 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     host, _ = parse_listen(args.listen)
     if args.idle_timeout <= 0:
         raise InvalidArgument("--idle-timeout must be positive")
-    if not is_loopback(host):
-        # Auth arrives with tenants and API keys; until then refuse to expose
-        # an unauthenticated server beyond this machine.
+    if args.auth == "none" and not is_loopback(host):
         raise InvalidArgument(
-            f"--listen {args.listen}: auth is off, so sessiond only listens on loopback"
+            f"--listen {args.listen}: with --auth none sessiond only listens on loopback;"
+            " use --auth api-key"
         )
     return ServerConfig(
         data_dir=data_dir,
         database_url=args.database_url or db_default,
         blob_url=args.blob_url or blob_default,
         listen=args.listen,
+        auth=args.auth,
         idle_timeout=args.idle_timeout,
         drain_seconds=args.drain_seconds,
     )
@@ -113,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
     from ..app import SessiondServer, StoreOpenError, Stores
+    from ..auth import AnonymousAuth, ApiKeyAuth
+    from ..storage.metadata import DEFAULT_TENANT
 
     try:
         stores = await Stores.open(config)
@@ -121,7 +121,10 @@ async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
         print(f"sessiond: error: {flag}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc.cause, InvalidArgument) else 1
 
-    server = SessiondServer(config, stores)
+    authenticator = (
+        ApiKeyAuth(stores.meta) if config.auth == "api-key" else AnonymousAuth(DEFAULT_TENANT)
+    )
+    server = SessiondServer(config, stores, authenticator)
     try:
         port = await server.start()
     except (SessiondError, RuntimeError) as exc:
@@ -130,9 +133,12 @@ async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
         return 1
     embedded = not args.database_url and not args.blob_url
     log.info(
-        "sessiond ready on port %d (%s); auth is off: loopback only",
+        "sessiond ready on port %d (%s); %s",
         port,
         f"embedded default in {config.data_dir.resolve()}" if embedded else "external stores",
+        "auth: tenant API keys"
+        if config.auth == "api-key"
+        else "auth is OFF (every caller is tenant 'default'): loopback only",
     )
 
     stopping = asyncio.Event()

@@ -102,8 +102,10 @@ class Transcripts:
                 )
             try:
                 value: Any = json.loads(text)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise InvalidArgument(f"entries[{index}] is not valid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise InvalidArgument(f"entries[{index}] is nested too deeply") from None
             if not isinstance(value, dict):
                 raise InvalidArgument(
                     f"entries[{index}] is a JSON {type(value).__name__}, not an object"

@@ -34,7 +34,8 @@ def timestamp(value: datetime | None) -> Timestamp:
 
 def message_to_dict(message: Message) -> dict[str, Any]:
     """Only the fields that are set, with proto field names (stored as JSON)."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    data: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return data
 
 
 def dict_to_message(data: dict[str, Any], message: M) -> M:

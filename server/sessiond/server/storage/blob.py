@@ -8,11 +8,15 @@ implementation runs the contract suite in ``tests/contracts/test_blob_store.py``
 Keys are ``/``-separated relative paths made of ``[A-Za-z0-9._-]`` components
 (no empty, ``.`` or ``..`` component, at most 1024 bytes). A malformed key
 raises :class:`~sessiond.client.errors.InvalidArgument` before any I/O.
+Portable keys also avoid two things a file-system backend cannot hold (it
+raises ``InvalidArgument`` for them): a key that is a ``/``-prefix of another
+(``a`` and ``a/b``), and a component longer than 255 bytes.
 
 Errors are translated at this edge: a missing object raises ``NotFound``, an
 unreachable or failing backend raises ``Unavailable`` (after the backend's own
 bounded retries), a stored object whose bytes do not match what was written
-raises ``DataLoss``. Nothing else escapes.
+raises ``DataLoss``. Nothing else escapes. A method called after
+:meth:`BlobStore.close` raises ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -108,7 +112,16 @@ class BlobStore(Protocol):
         ...
 
     def list(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
-        """Every object whose key starts with ``prefix``, in key order."""
+        """Every object whose key starts with ``prefix``, each once, in key
+        order. Not a snapshot: objects written or deleted meanwhile may or
+        may not appear.
+
+        Key order is plain string order, with one latitude: when sibling
+        components extend one another with ``-`` or ``.`` (``a/x`` vs
+        ``a-b``), file-system-like servers (SeaweedFS) list component by
+        component (``a/x`` first) while AWS S3 and LocalBlobStore list in
+        string order (``a-b`` first). Callers that depend on the order use
+        keys without such siblings (e.g. fixed-width hex names)."""
         ...
 
     async def ping(self) -> None:
@@ -116,5 +129,6 @@ class BlobStore(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release connections and threads. Idempotent."""
+        """Release connections and threads, after letting calls in flight
+        finish. Idempotent; every later call raises ``Unavailable``."""
         ...

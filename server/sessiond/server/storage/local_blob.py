@@ -119,7 +119,9 @@ class LocalBlobStore:
         try:
             return os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise Unavailable(f"local blob store root {self._root} unusable: {exc.strerror}") from exc
+            raise Unavailable(
+                f"local blob store root {self._root} unusable: {exc.strerror}"
+            ) from exc
 
     def _open_dir(self, parts: list[str], key: str, *, create: bool) -> int:
         """An fd for the directory ``root/parts...``, never through a symlink.

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .records import (
+    ApiKeyRecord,
     AppendResult,
     NewSession,
     Page,
@@ -46,18 +47,41 @@ class TenantTable(Protocol):
 
     async def ensure(self, tenant_id: str, name: str) -> Tenant:
         """Return the tenant, creating it if absent (race-free: concurrent
-        callers get the same row and the same chunk key)."""
+        callers get the same row and the same chunk key). An existing tenant
+        is returned unchanged (``name`` is not updated)."""
         ...
 
     async def get(self, tenant_id: str) -> Tenant:
         """``NotFound`` if absent."""
         ...
 
+    async def add_api_key(
+        self, tenant_id: str, key_id: str, secret_hash: bytes, expires_at: datetime | None
+    ) -> ApiKeyRecord:
+        """Record an API key of the tenant. ``NotFound`` if the tenant does not
+        exist; ``AlreadyExists`` if the key id is taken."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord:
+        """The key, revoked and expired ones included. ``NotFound`` if absent."""
+        ...
+
+    async def list_api_keys(self, tenant_id: str) -> list[ApiKeyRecord]:
+        """The tenant's keys, oldest first."""
+        ...
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord:
+        """Stamp ``revoked_at`` (idempotent: the first stamp stays). ``NotFound``
+        if the tenant has no such key."""
+        ...
+
 
 class SessionTable(Protocol):
     async def create(self, new: NewSession) -> SessionRecord:
         """Insert a session in state NEW with epoch 0. ``AlreadyExists`` if the
-        (tenant, session id) pair is taken, deleted sessions included."""
+        (tenant, session id) pair is taken, deleted sessions included;
+        ``NotFound`` if the tenant does not exist; ``InvalidArgument`` for an
+        empty id or labels that are not non-empty strings → strings (no NUL)."""
         ...
 
     async def get(self, tenant_id: str, session_id: str) -> SessionRecord:
@@ -74,9 +98,12 @@ class SessionTable(Protocol):
         include_deleted: bool = False,
     ) -> Page[SessionRecord]:
         """Sessions newest first (created_at, then session_id, descending) that
-        carry every label in ``labels``. Paging is stable under concurrent
-        inserts (keyset, not offset). ``InvalidArgument`` for a malformed
-        token."""
+        carry every label in ``labels`` (empty or None: no filter). Paging is
+        stable under concurrent inserts (keyset, not offset): a session that
+        existed when paging began appears exactly once. ``next_token`` is
+        empty on the last page. A token is bound to the tenant and filters
+        that produced it. ``InvalidArgument`` for a malformed or foreign
+        token, or ``page_size`` < 1; sizes above 1000 are capped."""
         ...
 
     async def update(
@@ -89,13 +116,19 @@ class SessionTable(Protocol):
         agent_options: dict[str, Any] | None = None,
         snapshot_policy: dict[str, Any] | None = None,
     ) -> SessionRecord:
-        """Apply the changes atomically and bump ``updated_at``. ``NotFound``;
-        ``FailedPrecondition`` if the session is deleted."""
+        """Apply the changes atomically and bump ``updated_at``: labels in
+        ``set_labels`` are added or overwritten, keys in ``remove_labels``
+        removed (absent keys ignored); ``agent_options`` / ``snapshot_policy``
+        replace the stored object when not None. ``NotFound``;
+        ``FailedPrecondition`` if the session is deleted; ``InvalidArgument``
+        if a key is both set and removed."""
         ...
 
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
-        """Move the session to DELETED (idempotent) and bump its epoch so any
-        holder of a lease on it is fenced. ``NotFound`` if absent."""
+        """Move the session to DELETED and bump its epoch so any holder of a
+        lease on it is fenced. Idempotent: on an already deleted session it
+        changes nothing (the epoch was bumped by the first call) and returns
+        the record. ``NotFound`` if absent."""
         ...
 
 
@@ -115,6 +148,11 @@ class TranscriptTable(Protocol):
         ``fold_session_summary`` over the newly appended entries inside the same
         transaction, serialized per session, and stamped with the same storage
         mtime that :meth:`list_sessions` reports. An empty batch is a no-op.
+
+        ``mtime_ms`` is the storage clock in epoch milliseconds, strictly
+        increasing per key. A batch in which every entry is a duplicate (the
+        SDK's retry of a batch that did commit) changes nothing at all and
+        reports ``mtime_ms=0``. ``NotFound`` if the tenant does not exist.
         """
         ...
 
@@ -122,8 +160,10 @@ class TranscriptTable(Protocol):
         self, tenant_id: str, key: TranscriptKey, *, page_size: int = 500
     ) -> AsyncIterator[list[str]]:
         """Stream the key's entries (JSON text) in append order, in pages of at
-        most ``page_size``; memory is bounded by one page. Raises ``NotFound``
-        on first iteration if the key holds no entry."""
+        most ``page_size``; memory is bounded by one page and no transaction
+        is held between pages (entries appended meanwhile may appear in later
+        pages, in order). Raises ``NotFound`` on first iteration if the key
+        holds no entry; ``InvalidArgument`` if ``page_size`` < 1."""
         ...
 
     async def list_sessions(self, tenant_id: str, project_key: str) -> list[TranscriptSession]:
@@ -138,7 +178,7 @@ class TranscriptTable(Protocol):
         ...
 
     async def list_subkeys(self, tenant_id: str, project_key: str, session_id: str) -> list[str]:
-        """Subpaths holding entries under the session, sorted."""
+        """Subpaths holding entries under the session, sorted by code point."""
         ...
 
 

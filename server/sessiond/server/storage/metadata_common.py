@@ -11,8 +11,11 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from typing import Any, cast
 
 from claude_agent_sdk import SessionKey, SessionStoreEntry, SessionSummaryEntry
@@ -30,18 +33,40 @@ _TOKEN_VERSION = 1
 
 
 def check_id(what: str, value: str) -> str:
-    """``value`` if it is a non-empty string, else ``InvalidArgument``."""
+    """``value`` if it is a non-empty string without NUL (which PostgreSQL
+    text cannot hold, so both backends refuse it alike), else ``InvalidArgument``."""
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{what} must be a non-empty string")
+    if "\0" in value:
+        raise InvalidArgument(f"{what} must not contain NUL")
     return value
 
 
 def check_key(key: TranscriptKey) -> TranscriptKey:
     check_id("project_key", key.project_key)
     check_id("session_id", key.session_id)
-    if not isinstance(key.subpath, str):
-        raise InvalidArgument("subpath must be a string")
+    if not isinstance(key.subpath, str) or "\0" in key.subpath:
+        raise InvalidArgument("subpath must be a string without NUL")
     return key
+
+
+def check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Labels as a plain dict of non-empty string keys to string values
+    (no NUL: PostgreSQL jsonb rejects it); else ``InvalidArgument``."""
+    out: dict[str, str] = {}
+    for k, v in (labels or {}).items():
+        if not isinstance(k, str) or not k or not isinstance(v, str):
+            raise InvalidArgument(f"labels must map non-empty strings to strings: {k!r}")
+        if "\0" in k or "\0" in v:
+            raise InvalidArgument(f"label {k!r} contains NUL")
+        out[k] = v
+    return out
+
+
+def describe_key(key: TranscriptKey) -> str:
+    """``project/session[/subpath]`` for messages (ids only, never content)."""
+    base = f"{key.project_key}/{key.session_id}"
+    return f"{base}/{key.subpath}" if key.subpath else base
 
 
 def check_page_size(page_size: int) -> int:
@@ -154,3 +179,32 @@ def fold_summary(
         sdk_prev = {"session_id": key.session_id, "mtime": prev[0], "data": prev[1]}
     parsed = [cast(SessionStoreEntry, e.parsed) for e in new_entries]
     return dict(_sdk_fold(sdk_prev, sdk_key, parsed)["data"])
+
+
+# --- migrations --------------------------------------------------------------
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(dialect: str) -> list[Migration]:
+    """The packaged ``migrations/<dialect>/NNNN_name.sql`` files, in version
+    order. Versions must be 1, 2, 3, … without gaps: a gap means a file was
+    lost in packaging, which must not silently skip a schema change."""
+    folder = resources.files(__package__).joinpath("migrations", dialect)
+    found: list[Migration] = []
+    for item in folder.iterdir():
+        m = _MIGRATION_NAME.match(item.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), item.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    if [mig.version for mig in found] != list(range(1, len(found) + 1)):
+        versions = [mig.version for mig in found]
+        raise RuntimeError(f"{dialect} migrations are not numbered 1..n: {versions}")
+    return found

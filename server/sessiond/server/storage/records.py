@@ -109,3 +109,14 @@ class TranscriptSummary:
     mtime_ms: int
     # The SDK SessionSummaryEntry "data" object, verbatim.
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    key_id: str
+    tenant_id: str
+    # SHA-256 of the key's secret part; the secret itself is never stored.
+    secret_hash: bytes
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None

@@ -1,0 +1,355 @@
+"""Tenants and sessions on PostgreSQL (see :mod:`.metadata` for the contracts)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from sessiond.client.errors import AlreadyExists, FailedPrecondition, NotFound
+
+from .metadata_common import (
+    check_id,
+    check_label_changes,
+    check_labels,
+    check_page_size,
+    decode_page_token,
+    dumps,
+    encode_page_token,
+    from_micros,
+    list_fingerprint,
+    micros,
+)
+from .postgres_errors import run
+from .records import ApiKeyRecord, NewSession, Page, SessionRecord, SessionState, Tenant
+
+_TENANT_COLUMNS = "tenant_id, name, chunk_key, created_at, disabled"
+
+_SESSION_COLUMNS = (
+    "tenant_id, session_id, state, labels, agent_options, snapshot_policy, sdk_session_id,"
+    " latest_snapshot_id, forked_from, sandbox_id, sandbox_cwd, turn_count, epoch,"
+    " created_at, updated_at, last_active_at"
+)
+
+
+def _tenant(row: asyncpg.Record) -> Tenant:
+    return Tenant(
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        chunk_key=bytes(row["chunk_key"]),
+        created_at=row["created_at"],
+        disabled=row["disabled"],
+    )
+
+
+_KEY_COLUMNS = "key_id, tenant_id, secret_hash, created_at, expires_at, revoked_at"
+
+
+def _api_key(row: asyncpg.Record) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row["key_id"],
+        tenant_id=row["tenant_id"],
+        secret_hash=bytes(row["secret_hash"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _session(row: asyncpg.Record) -> SessionRecord:
+    return SessionRecord(
+        tenant_id=row["tenant_id"],
+        session_id=row["session_id"],
+        state=SessionState(row["state"]),
+        labels=json.loads(row["labels"]),
+        agent_options=json.loads(row["agent_options"]),
+        snapshot_policy=json.loads(row["snapshot_policy"]),
+        sdk_session_id=row["sdk_session_id"],
+        latest_snapshot_id=row["latest_snapshot_id"],
+        forked_from=row["forked_from"],
+        sandbox_id=row["sandbox_id"],
+        sandbox_cwd=row["sandbox_cwd"],
+        turn_count=row["turn_count"],
+        epoch=row["epoch"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_active_at=row["last_active_at"],
+    )
+
+
+class PgTenantTable:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, tenant_id: str, name: str) -> Tenant:
+        check_id("tenant_id", tenant_id)
+
+        async def q(conn: asyncpg.Connection) -> Tenant:
+            try:
+                row = await conn.fetchrow(
+                    f"INSERT INTO tenants (tenant_id, name, chunk_key) VALUES ($1, $2, $3)"
+                    f" RETURNING {_TENANT_COLUMNS}",
+                    tenant_id,
+                    name,
+                    secrets.token_bytes(32),
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExists(f"tenant {tenant_id!r} already exists") from exc
+            return _tenant(row)
+
+        return await run(self._pool, "create tenant", q, transaction=False)
+
+    async def ensure(self, tenant_id: str, name: str) -> Tenant:
+        check_id("tenant_id", tenant_id)
+
+        async def q(conn: asyncpg.Connection) -> Tenant:
+            # ON CONFLICT DO NOTHING waits for a concurrent inserter to commit;
+            # the follow-up SELECT is a new statement with a fresh snapshot, so
+            # it sees that winner's row (and its chunk key).
+            row = await conn.fetchrow(
+                f"INSERT INTO tenants (tenant_id, name, chunk_key) VALUES ($1, $2, $3)"
+                f" ON CONFLICT (tenant_id) DO NOTHING RETURNING {_TENANT_COLUMNS}",
+                tenant_id,
+                name,
+                secrets.token_bytes(32),
+            )
+            if row is None:
+                row = await conn.fetchrow(
+                    f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1", tenant_id
+                )
+            if row is None:  # pragma: no cover - tenants are never deleted
+                raise NotFound(f"tenant {tenant_id!r} not found")
+            return _tenant(row)
+
+        return await run(self._pool, "ensure tenant", q, transaction=False)
+
+    async def get(self, tenant_id: str) -> Tenant:
+        async def q(conn: asyncpg.Connection) -> Tenant:
+            row = await conn.fetchrow(
+                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1", tenant_id
+            )
+            if row is None:
+                raise NotFound(f"tenant {tenant_id!r} not found")
+            return _tenant(row)
+
+        return await run(self._pool, "get tenant", q, transaction=False)
+
+    async def add_api_key(
+        self, tenant_id: str, key_id: str, secret_hash: bytes, expires_at: datetime | None
+    ) -> ApiKeyRecord:
+        check_id("key_id", key_id)
+
+        async def q(conn: asyncpg.Connection) -> ApiKeyRecord:
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO api_keys (key_id, tenant_id, secret_hash, expires_at)"
+                    f" VALUES ($1, $2, $3, $4) RETURNING {_KEY_COLUMNS}",
+                    key_id,
+                    tenant_id,
+                    secret_hash,
+                    expires_at,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExists(f"API key {key_id!r} already exists") from exc
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise NotFound(f"tenant {tenant_id!r} not found") from exc
+            return _api_key(row)
+
+        return await run(self._pool, "add API key", q, transaction=False)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord:
+        async def q(conn: asyncpg.Connection) -> ApiKeyRecord:
+            row = await conn.fetchrow(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = $1", key_id
+            )
+            if row is None:
+                raise NotFound("API key not found")
+            return _api_key(row)
+
+        return await run(self._pool, "get API key", q, transaction=False)
+
+    async def list_api_keys(self, tenant_id: str) -> builtins.list[ApiKeyRecord]:
+        async def q(conn: asyncpg.Connection) -> builtins.list[ApiKeyRecord]:
+            rows = await conn.fetch(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1"
+                " ORDER BY created_at, key_id",
+                tenant_id,
+            )
+            return [_api_key(r) for r in rows]
+
+        return await run(self._pool, "list API keys", q, transaction=False)
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord:
+        async def q(conn: asyncpg.Connection) -> ApiKeyRecord:
+            row = await conn.fetchrow(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+                f" WHERE tenant_id = $1 AND key_id = $2 RETURNING {_KEY_COLUMNS}",
+                tenant_id,
+                key_id,
+            )
+            if row is None:
+                raise NotFound(f"tenant {tenant_id!r} has no API key {key_id!r}")
+            return _api_key(row)
+
+        return await run(self._pool, "revoke API key", q, transaction=False)
+
+
+class PgSessionTable:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, new: NewSession) -> SessionRecord:
+        check_id("tenant_id", new.tenant_id)
+        check_id("session_id", new.session_id)
+        labels = check_labels(new.labels)
+
+        async def q(conn: asyncpg.Connection) -> SessionRecord:
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO sessions (tenant_id, session_id, state, labels, agent_options,"
+                    " snapshot_policy, forked_from, created_at, updated_at, last_active_at)"
+                    " VALUES ($1, $2, 'new', $3::jsonb, $4::jsonb, $5::jsonb, $6,"
+                    " now(), now(), now())"
+                    f" RETURNING {_SESSION_COLUMNS}",
+                    new.tenant_id,
+                    new.session_id,
+                    dumps(labels),
+                    dumps(new.agent_options),
+                    dumps(new.snapshot_policy),
+                    new.forked_from,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExists(f"session {new.session_id!r} already exists") from exc
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise NotFound(f"tenant {new.tenant_id!r} not found") from exc
+            return _session(row)
+
+        return await run(self._pool, "create session", q, transaction=False)
+
+    async def get(self, tenant_id: str, session_id: str) -> SessionRecord:
+        async def q(conn: asyncpg.Connection) -> SessionRecord:
+            row = await conn.fetchrow(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND session_id = $2",
+                tenant_id,
+                session_id,
+            )
+            if row is None:
+                raise NotFound(f"session {session_id!r} not found")
+            return _session(row)
+
+        return await run(self._pool, "get session", q, transaction=False)
+
+    async def list(
+        self,
+        tenant_id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        include_deleted: bool = False,
+    ) -> Page[SessionRecord]:
+        size = check_page_size(page_size)
+        labels = check_labels(labels)
+        fingerprint = list_fingerprint(tenant_id, labels, include_deleted)
+        cursor = decode_page_token(page_token, fingerprint)
+        # The statement is assembled from fixed fragments (never from input) so
+        # each variant gets its own prepared plan that can use the indexes; a
+        # single "($n IS NULL OR …)" statement would defeat them.
+        where = ["tenant_id = $1"]
+        args: builtins.list[Any] = [tenant_id]
+        if labels:
+            args.append(dumps(labels))
+            where.append(f"labels @> ${len(args)}::jsonb")
+        if not include_deleted:
+            where.append("state <> 'deleted'")
+        if cursor is not None:
+            args += [from_micros(cursor[0]), cursor[1]]
+            where.append(f"(created_at, session_id) < (${len(args) - 1}, ${len(args)})")
+        args.append(size + 1)
+        sql = (
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
+            f" ORDER BY created_at DESC, session_id DESC LIMIT ${len(args)}"
+        )
+
+        async def q(conn: asyncpg.Connection) -> builtins.list[asyncpg.Record]:
+            rows: builtins.list[asyncpg.Record] = await conn.fetch(sql, *args)
+            return rows
+
+        rows = await run(self._pool, "list sessions", q, transaction=False)
+        items = [_session(r) for r in rows[:size]]
+        token = ""
+        if len(rows) > size:
+            last = items[-1]
+            token = encode_page_token(fingerprint, micros(last.created_at), last.session_id)
+        return Page(items=items, next_token=token)
+
+    async def update(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        set_labels: Mapping[str, str] | None = None,
+        remove_labels: Sequence[str] = (),
+        agent_options: dict[str, Any] | None = None,
+        snapshot_policy: dict[str, Any] | None = None,
+    ) -> SessionRecord:
+        set_labels = check_labels(set_labels)
+        check_label_changes(set_labels, remove_labels)
+
+        async def q(conn: asyncpg.Connection) -> SessionRecord:
+            # One UPDATE applies every change atomically; the follow-up read
+            # only decides which error to report when nothing matched.
+            row = await conn.fetchrow(
+                "UPDATE sessions SET labels = (labels - $3::text[]) || $4::jsonb,"
+                " agent_options = COALESCE($5::jsonb, agent_options),"
+                " snapshot_policy = COALESCE($6::jsonb, snapshot_policy),"
+                " updated_at = now()"
+                " WHERE tenant_id = $1 AND session_id = $2 AND state <> 'deleted'"
+                f" RETURNING {_SESSION_COLUMNS}",
+                tenant_id,
+                session_id,
+                builtins.list(remove_labels),
+                dumps(set_labels),
+                None if agent_options is None else dumps(agent_options),
+                None if snapshot_policy is None else dumps(snapshot_policy),
+            )
+            if row is not None:
+                return _session(row)
+            state = await conn.fetchval(
+                "SELECT state FROM sessions WHERE tenant_id = $1 AND session_id = $2",
+                tenant_id,
+                session_id,
+            )
+            if state == SessionState.DELETED:
+                raise FailedPrecondition(f"session {session_id!r} is deleted")
+            raise NotFound(f"session {session_id!r} not found")
+
+        return await run(self._pool, "update session", q, transaction=False)
+
+    async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
+        async def q(conn: asyncpg.Connection) -> SessionRecord:
+            row = await conn.fetchrow(
+                "UPDATE sessions SET state = 'deleted', epoch = epoch + 1, updated_at = now()"
+                " WHERE tenant_id = $1 AND session_id = $2 AND state <> 'deleted'"
+                f" RETURNING {_SESSION_COLUMNS}",
+                tenant_id,
+                session_id,
+            )
+            if row is None:
+                # Already deleted (a no-op: the epoch was bumped then) or absent.
+                row = await conn.fetchrow(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions"
+                    " WHERE tenant_id = $1 AND session_id = $2",
+                    tenant_id,
+                    session_id,
+                )
+            if row is None:
+                raise NotFound(f"session {session_id!r} not found")
+            return _session(row)
+
+        return await run(self._pool, "delete session", q, transaction=False)
