@@ -97,6 +97,30 @@ async def test_part_damaged_in_transit_aborts_the_upload(
     assert uploads.get("Uploads", []) == []
 
 
+async def test_put_after_an_empty_put_does_not_stall(
+    s3_server: S3Server, s3_blob_store: S3BlobStore
+) -> None:
+    # Regression: with "Expect: 100-continue" on an empty PUT, SeaweedFS left
+    # the connection stuck and the next request waited out the read timeout.
+    store = S3BlobStore(
+        bucket=s3_blob_store.bucket,
+        prefix=s3_blob_store.prefix,
+        endpoint_url=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        max_workers=1,  # one connection: the next request must reuse it
+        read_timeout=3,
+        max_attempts=1,
+    )
+    try:
+        for i in range(3):
+            await store.put(f"empty{i}", b"")
+            await store.put(f"full{i}", b"data")
+        assert await store.get("full2") == b"data"
+    finally:
+        await store.close()
+
+
 # -- multipart mechanics ------------------------------------------------------------
 
 
@@ -328,7 +352,7 @@ def own_seaweedfs() -> Any:
 
 async def test_kill_and_restart_keeps_data(own_seaweedfs: SeaweedFS) -> None:
     server = own_seaweedfs
-    server.warm_bucket("t-restart")
+    server.admin.create_bucket(Bucket="t-restart")
     store = await open_blob_store(server.url("t-restart", "p", max_attempts="1"))
     try:
         await store.put("k", b"survives")

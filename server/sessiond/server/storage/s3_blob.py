@@ -88,6 +88,15 @@ def _b64sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
+def _no_continue_for_empty_body(request: Any, **_: Any) -> None:
+    """botocore sends ``Expect: 100-continue`` even with an empty body; after
+    such a PUT, SeaweedFS (4.48) leaves the kept-alive connection stuck, so
+    the next request on it waits out the read timeout. An empty body has
+    nothing to hold back, and ``Expect`` is not signed: drop it."""
+    if request.headers.get("Content-Length") == "0" and "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
 def _error_code(exc: ClientError) -> tuple[str, str, int]:
     err = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -180,9 +189,9 @@ class S3BlobStore:
                     aws_session_token=token,
                     region_name=self._region,
                 )
-                self._client = session.client(
-                    "s3", endpoint_url=self._endpoint_url, config=self._config
-                )
+                client = session.client("s3", endpoint_url=self._endpoint_url, config=self._config)
+                client.meta.events.register("before-send.s3", _no_continue_for_empty_body)
+                self._client = client
             return self._client
 
     async def _call(
