@@ -80,3 +80,40 @@ def test_startup_errors_are_one_line_and_name_the_flag(
     assert names in lines[0]
     assert "Traceback" not in stderr
     assert "hunter2" not in stderr
+
+
+async def test_sigterm_drains_an_in_flight_stream(tmp_path: Path) -> None:
+    """A Load stream in progress when SIGTERM arrives completes; then exit 0."""
+    import asyncio
+    import json
+
+    from sessiond.api.v1 import transcripts_pb2
+    from sessiond.client import AsyncClient
+
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    proc = spawn_server(["--listen", target, "--drain-seconds", "30"], cwd=tmp_path)
+    try:
+        await asyncio.to_thread(wait_serving, target, proc)
+        key = transcripts_pb2.SessionKey(project_key="p", session_id="s")
+        blob = "x" * 100_000
+        async with AsyncClient(target) as client:
+            for batch in range(8):
+                await client.append_entries(
+                    key,
+                    [json.dumps({"uuid": f"{batch}-{i}", "pad": blob}) for i in range(50)],
+                )
+            received = 0
+            pages = client.load_entries(key)
+            async for page in pages:
+                if received == 0:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.sleep(1.0)  # the server is draining meanwhile
+                received += len(page)
+            assert received == 400
+        code = await asyncio.to_thread(proc.wait, 30)
+        assert code == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
