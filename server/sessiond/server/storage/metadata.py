@@ -26,9 +26,14 @@ from typing import Any, Protocol
 from .records import (
     ApiKeyRecord,
     AppendResult,
+    ChunkLocation,
+    ManifestRecord,
     NewSession,
+    NewSnapshot,
+    PackRecord,
     Page,
     SessionRecord,
+    SnapshotRecord,
     Tenant,
     TranscriptEntry,
     TranscriptKey,
@@ -124,6 +129,12 @@ class SessionTable(Protocol):
         if a key is both set and removed."""
         ...
 
+    async def bump_epoch(self, tenant_id: str, session_id: str) -> SessionRecord:
+        """Take the session over: increment its fencing epoch (every earlier
+        holder is now fenced) and return the new record. ``NotFound``;
+        ``FailedPrecondition`` if deleted."""
+        ...
+
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
         """Move the session to DELETED and bump its epoch so any holder of a
         lease on it is fenced. Idempotent: on an already deleted session it
@@ -182,10 +193,81 @@ class TranscriptTable(Protocol):
         ...
 
 
+class ChunkIndex(Protocol):
+    """Where each chunk of a tenant lives. Chunk ids are keyed per tenant, so
+    the same id under two tenants is two unrelated rows."""
+
+    async def missing(self, tenant_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
+        """The ids (in input order, deduplicated) that are not indexed."""
+        ...
+
+    async def add_pack(
+        self, tenant_id: str, pack: PackRecord, chunks: Sequence[ChunkLocation]
+    ) -> int:
+        """Record a stored pack and index its chunks in one transaction. A chunk
+        already indexed keeps its first location (the duplicate bytes in this
+        pack are garbage for GC). Returns how many chunks were newly indexed.
+        Write order: call only after the pack object is durably stored."""
+        ...
+
+    async def lookup(
+        self, tenant_id: str, chunk_ids: Sequence[bytes]
+    ) -> dict[bytes, ChunkLocation]:
+        """Locations of the indexed ids; missing ids are absent from the dict."""
+        ...
+
+    async def mark_verified(self, tenant_id: str, tree_ids: Sequence[bytes]) -> None:
+        """Mark trees whose whole subtree has been checked as stored."""
+        ...
+
+
+class SnapshotTable(Protocol):
+    async def put_manifest(self, tenant_id: str, manifest: ManifestRecord) -> ManifestRecord:
+        """Record a stored manifest blob (idempotent on manifest_id: returns
+        the existing row). Call only after the blob is durably stored."""
+        ...
+
+    async def get_manifest(self, tenant_id: str, manifest_id: str) -> ManifestRecord:
+        """``NotFound`` if absent."""
+        ...
+
+    async def commit(self, new: NewSnapshot, expected_epoch: int) -> SnapshotRecord:
+        """Make a snapshot visible — the commit point of the write order.
+
+        In one transaction: lock the session row; ``Aborted`` unless its epoch
+        equals ``expected_epoch`` (a newer holder took over: nothing is
+        written); ``FailedPrecondition`` if the session is deleted;
+        ``NotFound`` if the session or manifest does not exist. If
+        ``idempotency_key`` was already used for this session, the snapshot
+        it created is returned and nothing is written. Otherwise the
+        snapshot is inserted and becomes the session's latest.
+        """
+        ...
+
+    async def get(self, tenant_id: str, snapshot_id: str) -> SnapshotRecord:
+        """``NotFound`` if absent."""
+        ...
+
+    async def list(
+        self, tenant_id: str, session_id: str, *, page_size: int = 100, page_token: str = ""
+    ) -> Page[SnapshotRecord]:
+        """The session's snapshots, newest first (keyset paging)."""
+        ...
+
+    async def covering(
+        self, tenant_id: str, session_id: str, transcript_seq: int
+    ) -> SnapshotRecord:
+        """The newest snapshot whose ``transcript_seq`` is at most the given
+        one (the workspace state as of that message). ``NotFound`` if none."""
+        ...
+
+
 class MetadataStore(Protocol):
     tenants: TenantTable
     sessions: SessionTable
     transcripts: TranscriptTable
+    chunks: ChunkIndex
+    snapshots: SnapshotTable
 
     async def now(self) -> datetime:
         """The database clock (timezone-aware UTC)."""

@@ -120,3 +120,68 @@ class ApiKeyRecord:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PackRecord:
+    pack_id: str
+    # Blob key of the pack object.
+    blob_key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    """Where a chunk's stored (compressed, possibly sealed) bytes live."""
+
+    chunk_id: bytes
+    pack_id: str
+    blob_key: str
+    offset: int
+    length: int
+    raw_length: int
+    # "data" or "tree".
+    kind: str
+    # Trees only: every chunk and subtree the tree references is stored.
+    verified: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    manifest_id: str
+    blob_key: str
+    root_tree_id: bytes
+    # Empty when no Claude config state rode along.
+    config_tree_id: bytes
+    size: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewSnapshot:
+    tenant_id: str
+    snapshot_id: str
+    session_id: str
+    parent_snapshot_id: str | None
+    manifest_id: str
+    trigger: str
+    transcript_uuid: str | None = None
+    transcript_seq: int = 0
+    file_history_included: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    tenant_id: str
+    snapshot_id: str
+    session_id: str
+    parent_snapshot_id: str | None
+    manifest_id: str
+    trigger: str
+    transcript_uuid: str | None
+    transcript_seq: int
+    file_history_included: bool
+    stats: dict[str, Any]
+    created_at: datetime
