@@ -102,6 +102,7 @@ async def test_put_after_an_empty_put_does_not_stall(
 ) -> None:
     # Regression: with "Expect: 100-continue" on an empty PUT, SeaweedFS left
     # the connection stuck and the next request waited out the read timeout.
+    sent: list[object] = []
     store = S3BlobStore(
         bucket=s3_blob_store.bucket,
         prefix=s3_blob_store.prefix,
@@ -113,10 +114,16 @@ async def test_put_after_an_empty_put_does_not_stall(
         max_attempts=1,
     )
     try:
+        await store.open()
+        store.events.register(
+            "before-send.s3.PutObject",
+            lambda request, **_: sent.append(request.headers.get("Expect")),
+        )
         for i in range(3):
             await store.put(f"empty{i}", b"")
             await store.put(f"full{i}", b"data")
         assert await store.get("full2") == b"data"
+        assert sent == [None] * 6
     finally:
         await store.close()
 

@@ -88,13 +88,16 @@ def _b64sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def _no_continue_for_empty_body(request: Any, **_: Any) -> None:
-    """botocore sends ``Expect: 100-continue`` even with an empty body; after
-    such a PUT, SeaweedFS (4.48) leaves the kept-alive connection stuck, so
-    the next request on it waits out the read timeout. An empty body has
-    nothing to hold back, and ``Expect`` is not signed: drop it."""
-    if request.headers.get("Content-Length") == "0" and "Expect" in request.headers:
-        del request.headers["Expect"]
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    """Send bodies without ``Expect: 100-continue`` (``Expect`` is not signed).
+
+    botocore adds it to every PUT. SeaweedFS (4.48) mishandles it: after an
+    empty-body PUT the kept-alive connection is stuck and the next request
+    on it waits out the read timeout, and racing ``If-None-Match`` PUTs
+    stall for seconds. What it would save (not sending a body the server
+    rejects up front) is rare here: objects are written once, by one writer.
+    """
+    request.headers.pop("Expect", None)
 
 
 def _error_code(exc: ClientError) -> tuple[str, str, int]:
@@ -190,7 +193,7 @@ class S3BlobStore:
                     region_name=self._region,
                 )
                 client = session.client("s3", endpoint_url=self._endpoint_url, config=self._config)
-                client.meta.events.register("before-send.s3", _no_continue_for_empty_body)
+                client.meta.events.register("before-send.s3", _no_expect_continue)
                 self._client = client
             return self._client
 
