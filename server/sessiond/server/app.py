@@ -25,6 +25,7 @@ from .auth import AnonymousAuth
 from .config import ServerConfig, parse_listen
 from .core.sessions import Sessions
 from .core.transcripts import Transcripts
+from .core.workspace import Workspaces
 from .health import HealthMonitor
 from .interceptors import Authenticator, ServerInterceptor
 from .servicers.sessions import SessionServicer
@@ -110,7 +111,10 @@ class SessiondServer:
         sessions_pb2_grpc.add_SessionServiceServicer_to_server(
             SessionServicer(self.sessions), self._server
         )
-        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(), self._server)
+        self.workspaces = Workspaces(stores.meta, stores.blobs)
+        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
+            WorkspaceServicer(self.workspaces), self._server
+        )
         self.transcripts = Transcripts(stores.meta)
         transcripts_pb2_grpc.add_TranscriptServiceServicer_to_server(
             TranscriptServicer(self.transcripts), self._server

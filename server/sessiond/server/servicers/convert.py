@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sessiond.api.v1 import common_pb2
 
-from ..storage.records import SessionRecord, SessionState
+from ..storage.records import SessionRecord, SessionState, SnapshotRecord
 
 M = TypeVar("M", bound=Message)
 
@@ -59,4 +59,29 @@ def session_to_pb(record: SessionRecord) -> common_pb2.Session:
         sandbox_id=record.sandbox_id or "",
         sandbox_cwd=record.sandbox_cwd or "",
         turn_count=record.turn_count,
+    )
+
+
+_TRIGGER_TO_PB = {
+    "manual": common_pb2.SNAPSHOT_TRIGGER_MANUAL,
+    "idle": common_pb2.SNAPSHOT_TRIGGER_IDLE,
+    "turn": common_pb2.SNAPSHOT_TRIGGER_TURN,
+    "shutdown": common_pb2.SNAPSHOT_TRIGGER_SHUTDOWN,
+    "watch": common_pb2.SNAPSHOT_TRIGGER_WATCH,
+    "import": common_pb2.SNAPSHOT_TRIGGER_IMPORT,
+}
+
+
+def snapshot_to_pb(record: SnapshotRecord) -> common_pb2.Snapshot:
+    return common_pb2.Snapshot(
+        snapshot_id=record.snapshot_id,
+        session_id=record.session_id,
+        parent_snapshot_id=record.parent_snapshot_id or "",
+        manifest_id=record.manifest_id,
+        transcript_uuid=record.transcript_uuid or "",
+        transcript_seq=record.transcript_seq,
+        file_history_included=record.file_history_included,
+        trigger=_TRIGGER_TO_PB.get(record.trigger, common_pb2.SNAPSHOT_TRIGGER_UNSPECIFIED),
+        stats=dict_to_message(record.stats, common_pb2.SnapshotStats()),
+        create_time=timestamp(record.created_at),
     )

@@ -331,6 +331,31 @@ class PgSessionTable:
 
         return await run(self._pool, "update session", q, transaction=False)
 
+    async def bump_epoch(self, tenant_id: str, session_id: str) -> SessionRecord:
+        async def q(conn: asyncpg.Connection) -> SessionRecord:
+            # The row lock this UPDATE takes queues it behind any commit in
+            # flight: that commit either landed under the old epoch or, once
+            # this returns, is refused.
+            row = await conn.fetchrow(
+                "UPDATE sessions SET epoch = epoch + 1, updated_at = now()"
+                " WHERE tenant_id = $1 AND session_id = $2 AND state <> 'deleted'"
+                f" RETURNING {_SESSION_COLUMNS}",
+                tenant_id,
+                session_id,
+            )
+            if row is not None:
+                return _session(row)
+            state = await conn.fetchval(
+                "SELECT state FROM sessions WHERE tenant_id = $1 AND session_id = $2",
+                tenant_id,
+                session_id,
+            )
+            if state == SessionState.DELETED:
+                raise FailedPrecondition(f"session {session_id!r} is deleted")
+            raise NotFound(f"session {session_id!r} not found")
+
+        return await run(self._pool, "bump session epoch", q, transaction=False)
+
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
         async def q(conn: asyncpg.Connection) -> SessionRecord:
             row = await conn.fetchrow(

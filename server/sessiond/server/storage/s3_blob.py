@@ -88,7 +88,7 @@ def _b64sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def _no_expect_continue(request: Any, **_: Any) -> None:
+def no_expect_continue(request: Any, **_: Any) -> None:
     """Send bodies without ``Expect: 100-continue`` (``Expect`` is not signed).
 
     botocore adds it to every PUT. SeaweedFS (4.48) mishandles it: after an
@@ -193,7 +193,7 @@ class S3BlobStore:
                     region_name=self._region,
                 )
                 client = session.client("s3", endpoint_url=self._endpoint_url, config=self._config)
-                client.meta.events.register("before-send.s3", _no_expect_continue)
+                client.meta.events.register("before-send.s3", no_expect_continue)
                 self._client = client
             return self._client
 

@@ -353,6 +353,22 @@ class SqliteSessionTable:
 
         return await self._db.call("update session", tx)
 
+    async def bump_epoch(self, tenant_id: str, session_id: str) -> SessionRecord:
+        def tx(conn: sqlite3.Connection) -> SessionRecord:
+            row = conn.execute(
+                "UPDATE sessions SET epoch = epoch + 1, updated_at = ?"
+                " WHERE tenant_id = ? AND session_id = ? AND state <> 'deleted'"
+                f" RETURNING {_SESSION_COLUMNS}",
+                (self._clock(), tenant_id, session_id),
+            ).fetchone()
+            if row is not None:
+                return _session(row)
+            if _get_session(conn, tenant_id, session_id) is not None:
+                raise FailedPrecondition(f"session {session_id!r} is deleted")
+            raise NotFound(f"session {session_id!r} not found")
+
+        return await self._db.call("bump session epoch", tx)
+
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
         def tx(conn: sqlite3.Connection) -> SessionRecord:
             row = conn.execute(

@@ -1,0 +1,2 @@
+"""Benchmarks that compare sessiond against a naive baseline measured in the
+same run. See ``bench/README.md``."""

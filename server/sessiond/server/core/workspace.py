@@ -1,0 +1,343 @@
+"""Workspaces: the server side of snapshot and restore (no grpc here).
+
+Write order is the invariant (restic lineage): a pack object is stored before
+its chunks are indexed; a manifest is accepted only when every tree and chunk
+it reaches is indexed; a snapshot becomes visible only in the transaction
+that checks the caller's lease epoch. A crash anywhere leaves unreferenced
+garbage, never a snapshot that points at missing data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sessiond.client import workspace_format as fmt
+from sessiond.client.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+from ..storage.blob import BlobStore
+from ..storage.metadata import MetadataStore
+from ..storage.records import (
+    ChunkLocation,
+    ManifestRecord,
+    NewSnapshot,
+    PackRecord,
+    SessionRecord,
+    SessionState,
+    SnapshotRecord,
+)
+from .chunk_reader import ChunkReader, StoredChunk
+from .limits import WorkspaceLimits
+from .packs import ChunkSpec, check_header, manifest_key, pack_id, pack_key, verify_frames
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("manual", "idle", "turn", "shutdown", "watch", "import")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceInfo:
+    session: SessionRecord
+    chunk_key: bytes
+    latest: SnapshotRecord | None
+    limits: WorkspaceLimits
+
+
+class Workspaces:
+    def __init__(
+        self,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        limits: WorkspaceLimits | None = None,
+        *,
+        pack_slots: int = 4,
+    ) -> None:
+        self._meta = meta
+        self._blobs = blobs
+        self.limits = limits or WorkspaceLimits()
+        self.reader = ChunkReader(blobs)
+        self._keys: dict[str, bytes] = {}
+        # A pack is held in memory while it is verified and stored; bound how
+        # many are in flight so server memory stays bounded whatever the load.
+        self._pack_slots = asyncio.Semaphore(pack_slots)
+
+    async def _chunk_key(self, tenant_id: str) -> bytes:
+        key = self._keys.get(tenant_id)
+        if key is None:
+            key = (await self._meta.tenants.get(tenant_id)).chunk_key
+            self._keys[tenant_id] = key
+        return key
+
+    async def _live_session(self, tenant_id: str, session_id: str) -> SessionRecord:
+        record = await self._meta.sessions.get(tenant_id, session_id)
+        if record.state is SessionState.DELETED:
+            raise FailedPrecondition(f"session {session_id} is deleted")
+        return record
+
+    # -- GetWorkspace --------------------------------------------------------
+
+    async def info(self, tenant_id: str, session_id: str, *, acquire: bool) -> WorkspaceInfo:
+        session = await self._live_session(tenant_id, session_id)
+        if acquire:
+            session = await self._meta.sessions.bump_epoch(tenant_id, session_id)
+        latest = None
+        if session.latest_snapshot_id:
+            latest = await self._meta.snapshots.get(tenant_id, session.latest_snapshot_id)
+        return WorkspaceInfo(
+            session=session,
+            chunk_key=await self._chunk_key(tenant_id),
+            latest=latest,
+            limits=self.limits,
+        )
+
+    # -- MissingChunks -------------------------------------------------------
+
+    async def missing(self, tenant_id: str, session_id: str, ids: Sequence[bytes]) -> list[bytes]:
+        self._check_ids(ids)
+        await self._live_session(tenant_id, session_id)
+        return await self._meta.chunks.missing(tenant_id, ids)
+
+    def _check_ids(self, ids: Sequence[bytes]) -> None:
+        if len(ids) > self.limits.max_chunks_per_request:
+            raise ResourceExhausted(
+                f"{len(ids)} chunk ids, over the limit of {self.limits.max_chunks_per_request}"
+            )
+        for i, cid in enumerate(ids):
+            if len(cid) != fmt.CHUNK_ID_BYTES:
+                raise InvalidArgument(f"chunk_ids[{i}] is not a {fmt.CHUNK_ID_BYTES}-byte id")
+
+    # -- PutPack -------------------------------------------------------------
+
+    async def put_pack(
+        self,
+        tenant_id: str,
+        session_id: str,
+        chunks: list[ChunkSpec],
+        data: AsyncIterator[bytes],
+    ) -> tuple[str, int, int]:
+        """Verify, store and index one pack. Returns (pack id, chunks newly
+        indexed, stored bytes)."""
+        total = check_header(chunks, self.limits)
+        await self._live_session(tenant_id, session_id)
+        async with self._pack_slots:
+            return await self._put_pack(tenant_id, chunks, data, total)
+
+    async def _put_pack(
+        self, tenant_id: str, chunks: list[ChunkSpec], data: AsyncIterator[bytes], total: int
+    ) -> tuple[str, int, int]:
+        buf = bytearray()
+        async for piece in data:
+            buf += piece
+            if len(buf) > total:
+                raise InvalidArgument(f"pack data exceeds the {total} bytes its header announces")
+        if len(buf) != total:
+            raise InvalidArgument(f"pack data is {len(buf)} bytes, header announces {total}")
+        key = await self._chunk_key(tenant_id)
+        await asyncio.to_thread(verify_frames, key, chunks, buf)
+        pid = pack_id(buf)
+        blob_key = pack_key(tenant_id, pid)
+        # Data first: the pack object is durable before any index row names it.
+        await self._blobs.put(blob_key, bytes(buf))
+        size = len(buf)
+        del buf
+        locations = []
+        offset = 0
+        for c in chunks:
+            locations.append(
+                ChunkLocation(
+                    chunk_id=c.chunk_id,
+                    pack_id=pid,
+                    blob_key=blob_key,
+                    offset=offset,
+                    length=c.length,
+                    raw_length=c.raw_length,
+                    kind=c.kind,
+                )
+            )
+            offset += c.length
+        stored = await self._meta.chunks.add_pack(
+            tenant_id, PackRecord(pack_id=pid, blob_key=blob_key, size=size), locations
+        )
+        return pid, stored, size
+
+    # -- GetChunks -----------------------------------------------------------
+
+    async def locate(self, tenant_id: str, ids: Sequence[bytes]) -> list[ChunkLocation]:
+        found = await self._meta.chunks.lookup(tenant_id, ids)
+        out = []
+        for cid in ids:
+            loc = found.get(cid)
+            if loc is None:
+                raise DataLoss(f"chunk {cid.hex()[:16]}… is not stored")
+            out.append(loc)
+        return out
+
+    async def get_chunks(
+        self, tenant_id: str, session_id: str, ids: Sequence[bytes]
+    ) -> AsyncIterator[list[StoredChunk]]:
+        """Stored frames in request order, in windows of bounded size.
+        ``DataLoss`` if a chunk is not stored or its pack is gone."""
+        self._check_ids(ids)
+        await self._live_session(tenant_id, session_id)
+        locations = await self.locate(tenant_id, ids)
+        async for window in self.reader.read_windows(locations):
+            yield window
+
+    # -- PutManifest / GetManifest ---------------------------------------------
+
+    async def put_manifest(self, tenant_id: str, session_id: str, data: bytes) -> str:
+        if len(data) > self.limits.max_manifest_bytes:
+            raise ResourceExhausted(
+                f"manifest of {len(data)} bytes, over the limit of {self.limits.max_manifest_bytes}"
+            )
+        manifest = fmt.parse_manifest(data)
+        await self._live_session(tenant_id, session_id)
+        key = await self._chunk_key(tenant_id)
+        roots = [manifest.root_tree_id]
+        if manifest.config_tree_id:
+            roots.append(manifest.config_tree_id)
+        await self._verify_trees(tenant_id, key, roots)
+        mid = fmt.manifest_id(key, data)
+        blob_key = manifest_key(tenant_id, mid)
+        if not await self._blobs.exists(blob_key):
+            await self._blobs.put(blob_key, data)
+        await self._meta.snapshots.put_manifest(
+            tenant_id,
+            ManifestRecord(
+                manifest_id=mid,
+                blob_key=blob_key,
+                root_tree_id=manifest.root_tree_id,
+                config_tree_id=manifest.config_tree_id,
+                size=len(data),
+                created_at=await self._meta.now(),
+            ),
+        )
+        return mid
+
+    async def _verify_trees(self, tenant_id: str, key: bytes, roots: list[bytes]) -> None:
+        """Every tree reachable from ``roots`` and every chunk it names is
+        indexed (``FailedPrecondition`` naming the first missing id). Trees
+        already verified are not descended into again, so the cost is
+        proportional to what changed."""
+        level = list(dict.fromkeys(roots))
+        checked: list[bytes] = []
+        while level:
+            found = await self._meta.chunks.lookup(tenant_id, level)
+            todo: list[ChunkLocation] = []
+            for tid in level:
+                loc = found.get(tid)
+                if loc is None:
+                    raise FailedPrecondition(f"manifest references missing tree {tid.hex()[:16]}…")
+                if loc.kind != "tree":
+                    raise InvalidArgument(f"{tid.hex()[:16]}… is not a tree")
+                if not loc.verified:
+                    todo.append(loc)
+            children: dict[bytes, bool] = {}
+            for stored in await self.reader.read(todo):
+                loc = stored.location
+                plain = await asyncio.to_thread(
+                    fmt.open_chunk, key, loc.chunk_id, stored.frame, loc.raw_length
+                )
+                for node in fmt.parse_tree(plain).nodes:
+                    if node.type == fmt.DIR:
+                        children[node.subtree_id] = True
+                    elif node.type == fmt.FILE:
+                        for cid in node.chunk_ids:
+                            children.setdefault(cid, False)
+                checked.append(loc.chunk_id)
+            ids = list(children)
+            next_level: list[bytes] = []
+            for start in range(0, len(ids), self.limits.max_chunks_per_request):
+                batch = ids[start : start + self.limits.max_chunks_per_request]
+                present = await self._meta.chunks.lookup(tenant_id, batch)
+                for cid in batch:
+                    if cid not in present:
+                        what = "tree" if children[cid] else "chunk"
+                        raise FailedPrecondition(
+                            f"manifest references missing {what} {cid.hex()[:16]}…"
+                        )
+                    if children[cid]:
+                        next_level.append(cid)
+            level = next_level
+        if checked:
+            await self._meta.chunks.mark_verified(tenant_id, checked)
+
+    async def get_manifest(
+        self, tenant_id: str, session_id: str, *, manifest_id: str = "", snapshot_id: str = ""
+    ) -> tuple[str, bytes]:
+        await self._meta.sessions.get(tenant_id, session_id)
+        if snapshot_id:
+            snap = await self._meta.snapshots.get(tenant_id, snapshot_id)
+            if snap.session_id != session_id:
+                raise NotFound(f"snapshot {snapshot_id} not found")
+            manifest_id = snap.manifest_id
+        if not manifest_id:
+            raise InvalidArgument("manifest_id or snapshot_id is required")
+        record = await self._meta.snapshots.get_manifest(tenant_id, manifest_id)
+        try:
+            data = await self._blobs.get(record.blob_key)
+        except NotFound:
+            raise DataLoss(f"manifest {manifest_id} is missing from blob storage") from None
+        if fmt.manifest_id(await self._chunk_key(tenant_id), data) != manifest_id:
+            raise DataLoss(f"manifest {manifest_id} does not match its id")
+        return manifest_id, data
+
+    # -- CommitSnapshot --------------------------------------------------------
+
+    async def commit(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        manifest_id: str,
+        parent_snapshot_id: str,
+        epoch: int,
+        trigger: str,
+        transcript_uuid: str = "",
+        transcript_seq: int = 0,
+        file_history_included: bool = False,
+        stats: dict[str, Any] | None = None,
+        idempotency_key: str = "",
+    ) -> SnapshotRecord:
+        if not manifest_id:
+            raise InvalidArgument("manifest_id is required")
+        if trigger not in TRIGGERS:
+            raise InvalidArgument(f"unknown snapshot trigger {trigger!r}")
+        if transcript_seq < 0:
+            raise InvalidArgument("transcript_seq must not be negative")
+        if len(idempotency_key) > 128:
+            raise InvalidArgument("idempotency_key longer than 128 characters")
+        record = await self._meta.snapshots.commit(
+            NewSnapshot(
+                tenant_id=tenant_id,
+                snapshot_id="snap_" + secrets.token_hex(12),
+                session_id=session_id,
+                parent_snapshot_id=parent_snapshot_id or None,
+                manifest_id=manifest_id,
+                trigger=trigger,
+                transcript_uuid=transcript_uuid or None,
+                transcript_seq=transcript_seq,
+                file_history_included=file_history_included,
+                stats=stats or {},
+                idempotency_key=idempotency_key or None,
+            ),
+            expected_epoch=epoch,
+        )
+        log.info(
+            "snapshot committed tenant=%s session=%s snapshot=%s trigger=%s",
+            tenant_id,
+            session_id,
+            record.snapshot_id,
+            trigger,
+        )
+        return record
