@@ -1,0 +1,1 @@
+"""Sandbox providers: where sessions' agents run."""
