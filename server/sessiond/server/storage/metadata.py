@@ -32,6 +32,7 @@ from .records import (
     NewSnapshot,
     PackRecord,
     Page,
+    SessionChanges,
     SessionRecord,
     SnapshotRecord,
     Tenant,
@@ -131,8 +132,53 @@ class SessionTable(Protocol):
 
     async def bump_epoch(self, tenant_id: str, session_id: str) -> SessionRecord:
         """Take the session over: increment its fencing epoch (every earlier
-        holder is now fenced) and return the new record. ``NotFound``;
+        holder is now fenced), bump ``updated_at`` and return the new record.
+        Serialized with :meth:`SnapshotTable.commit` on the session row: a
+        commit either landed before the bump or is refused after it.
+        ``NotFound``; ``FailedPrecondition`` if deleted."""
+        ...
+
+    async def acquire_lease(
+        self, tenant_id: str, session_id: str, owner: str, ttl: float
+    ) -> SessionRecord | None:
+        """Lease the session to ``owner`` for ``ttl`` seconds of database time
+        if the lease is free, expired, or already ``owner``'s. When the owner
+        changes, the epoch is incremented (fencing the previous holder). Returns
+        the record — its ``epoch`` is what the holder presents to fenced calls —
+        or None if another owner holds a live lease. ``NotFound``;
         ``FailedPrecondition`` if deleted."""
+        ...
+
+    async def renew_lease(
+        self, tenant_id: str, session_id: str, owner: str, epoch: int, ttl: float
+    ) -> None:
+        """Extend a held lease. ``Aborted`` if ``owner``/``epoch`` no longer
+        hold it (expired and taken over, or the session was deleted)."""
+        ...
+
+    async def release_lease(self, tenant_id: str, session_id: str, owner: str, epoch: int) -> None:
+        """Give the lease up (expire it now). A no-op if not held."""
+        ...
+
+    async def update_fenced(
+        self, tenant_id: str, session_id: str, epoch: int, changes: SessionChanges
+    ) -> SessionRecord:
+        """Apply ``changes`` atomically if the session's epoch is still
+        ``epoch`` (else ``Aborted``, nothing written); bumps ``updated_at``."""
+        ...
+
+    async def claim_idle(
+        self, owner: str, idle_seconds: float, ttl: float, limit: int
+    ) -> list[SessionRecord]:
+        """Across all tenants: lease to ``owner`` up to ``limit`` ACTIVE
+        sessions whose ``last_active_at`` is older than ``idle_seconds`` (database
+        clock) and whose lease is free or expired, skipping rows another
+        replica is claiming at the same moment (``FOR UPDATE SKIP LOCKED``).
+        Epochs are bumped as in :meth:`acquire_lease`."""
+        ...
+
+    async def list_leased_by(self, owner: str) -> list[SessionRecord]:
+        """Sessions whose live lease ``owner`` holds (for shutdown)."""
         ...
 
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
@@ -192,13 +238,38 @@ class TranscriptTable(Protocol):
         """Subpaths holding entries under the session, sorted by code point."""
         ...
 
+    async def move_session(
+        self, tenant_id: str, session_id: str, from_project: str, to_project: str
+    ) -> None:
+        """Re-key every transcript of the session (main, subpaths, summary)
+        from one project key to another in one transaction — what a session
+        needs when it resumes in a different cwd (the SDK loads under the
+        key of the current cwd). A no-op if the keys are equal or nothing is
+        stored under ``from_project``; ``AlreadyExists`` if ``to_project``
+        already holds this session."""
+        ...
+
+    async def position(self, tenant_id: str, key: TranscriptKey, uuid: str) -> int:
+        """The seq of the entry with this uuid. ``NotFound`` if absent."""
+        ...
+
+    async def last_position(self, tenant_id: str, key: TranscriptKey) -> tuple[str | None, int]:
+        """(uuid of the last entry that has one, seq of the last entry);
+        ``(None, 0)`` for an empty/absent key."""
+        ...
+
 
 class ChunkIndex(Protocol):
     """Where each chunk of a tenant lives. Chunk ids are keyed per tenant, so
-    the same id under two tenants is two unrelated rows."""
+    the same id under two tenants is two unrelated rows.
+
+    Every id (chunk or tree) is 32 bytes; any other length or type (a hex
+    ``str``, say) is ``InvalidArgument`` in every method. Rows carry
+    ``created_at`` from the database clock, for GC's grace period."""
 
     async def missing(self, tenant_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
-        """The ids (in input order, deduplicated) that are not indexed."""
+        """The ids (in input order, deduplicated) that are not indexed. An
+        unknown tenant has nothing indexed."""
         ...
 
     async def add_pack(
@@ -206,25 +277,42 @@ class ChunkIndex(Protocol):
     ) -> int:
         """Record a stored pack and index its chunks in one transaction. A chunk
         already indexed keeps its first location (the duplicate bytes in this
-        pack are garbage for GC). Returns how many chunks were newly indexed.
-        Write order: call only after the pack object is durably stored."""
+        pack are garbage for GC), as does an id listed twice in ``chunks``
+        (the first entry wins). Returns how many chunks were newly indexed.
+        Write order: call only after the pack object is durably stored.
+
+        Idempotent: repeating a call (same pack id, blob key and size) adds
+        nothing and returns 0 for the chunks it already indexed. The same
+        pack id with another blob key or size is ``AlreadyExists``.
+        ``InvalidArgument`` (nothing written) unless every location names
+        this pack (``pack_id`` and ``blob_key``), lies inside it (``offset +
+        length <= size``, ``length > 0``), has kind ``data`` or ``tree`` and
+        is ``verified`` only if a tree. ``NotFound`` if the tenant does not
+        exist."""
         ...
 
     async def lookup(
         self, tenant_id: str, chunk_ids: Sequence[bytes]
     ) -> dict[bytes, ChunkLocation]:
-        """Locations of the indexed ids; missing ids are absent from the dict."""
+        """Locations of the indexed ids; missing ids are absent from the dict
+        (duplicates in the input are looked up once)."""
         ...
 
     async def mark_verified(self, tenant_id: str, tree_ids: Sequence[bytes]) -> None:
-        """Mark trees whose whole subtree has been checked as stored."""
+        """Mark trees whose whole subtree has been checked as stored.
+        Idempotent; ids that are not indexed, or index a data chunk, are
+        ignored (the flag only ever means "this tree's subtree is stored")."""
         ...
 
 
 class SnapshotTable(Protocol):
     async def put_manifest(self, tenant_id: str, manifest: ManifestRecord) -> ManifestRecord:
         """Record a stored manifest blob (idempotent on manifest_id: returns
-        the existing row). Call only after the blob is durably stored."""
+        the existing row unchanged). Call only after the blob is durably
+        stored. ``manifest.created_at`` is ignored: the row is stamped with
+        the database clock. ``NotFound`` if the tenant does not exist;
+        ``InvalidArgument`` unless the root tree id is 32 bytes and the
+        config tree id empty or 32 bytes."""
         ...
 
     async def get_manifest(self, tenant_id: str, manifest_id: str) -> ManifestRecord:
@@ -234,13 +322,29 @@ class SnapshotTable(Protocol):
     async def commit(self, new: NewSnapshot, expected_epoch: int) -> SnapshotRecord:
         """Make a snapshot visible — the commit point of the write order.
 
-        In one transaction: lock the session row; ``Aborted`` unless its epoch
-        equals ``expected_epoch`` (a newer holder took over: nothing is
-        written); ``FailedPrecondition`` if the session is deleted;
-        ``NotFound`` if the session or manifest does not exist. If
-        ``idempotency_key`` was already used for this session, the snapshot
-        it created is returned and nothing is written. Otherwise the
-        snapshot is inserted and becomes the session's latest.
+        In one transaction, checked in this order (nothing is written unless
+        every check passes):
+
+        1. lock the session row; ``NotFound`` if the session does not exist;
+        2. if ``idempotency_key`` was already used for this session, the
+           snapshot it created is returned unchanged and nothing is written —
+           even if the epoch has moved on or the session was deleted since
+           (a retry whose first attempt landed gets its answer back);
+        3. ``FailedPrecondition`` if the session is deleted;
+        4. ``Aborted`` unless its epoch equals ``expected_epoch`` (a newer
+           holder took over);
+        5. ``NotFound`` if the manifest does not exist for this tenant;
+        6. ``AlreadyExists`` if ``snapshot_id`` is taken in the tenant.
+
+        Otherwise the snapshot is inserted with ``created_at`` from the
+        database clock, strictly later than the session's previous snapshot
+        (so the newest by ``created_at`` is always the latest), and becomes
+        the session's ``latest_snapshot_id`` (``updated_at`` bumped).
+        Empty ``parent_snapshot_id`` / ``transcript_uuid`` /
+        ``idempotency_key`` mean None (proto3's absent). ``InvalidArgument``
+        for empty ids or trigger, a negative ``transcript_seq`` or stats that
+        are not a JSON object (NaN and NUL included). The parent is lineage
+        only: it is not checked.
         """
         ...
 
@@ -251,14 +355,24 @@ class SnapshotTable(Protocol):
     async def list(
         self, tenant_id: str, session_id: str, *, page_size: int = 100, page_token: str = ""
     ) -> Page[SnapshotRecord]:
-        """The session's snapshots, newest first (keyset paging)."""
+        """The session's snapshots, newest first (``created_at``, then
+        ``snapshot_id``, descending), deleted sessions included. Keyset
+        paging as :meth:`SessionTable.list`: stable under concurrent commits,
+        ``next_token`` empty on the last page, a token bound to the tenant
+        and session that produced it. ``NotFound`` if the session does not
+        exist; ``InvalidArgument`` for a malformed or foreign token or
+        ``page_size`` < 1 (above 1000 capped)."""
         ...
 
     async def covering(
         self, tenant_id: str, session_id: str, transcript_seq: int
     ) -> SnapshotRecord:
-        """The newest snapshot whose ``transcript_seq`` is at most the given
-        one (the workspace state as of that message). ``NotFound`` if none."""
+        """The snapshot nearest at or before the given transcript position
+        (the workspace state as of that message): the greatest
+        ``transcript_seq`` at most ``transcript_seq``, the newest of those if
+        several share it. While a session's positions only grow this is
+        simply the newest snapshot at or before the position. ``NotFound``
+        if none (or no such session); ``InvalidArgument`` if negative."""
         ...
 
 

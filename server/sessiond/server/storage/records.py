@@ -62,6 +62,11 @@ class SessionRecord:
     created_at: datetime
     updated_at: datetime
     last_active_at: datetime
+    # Project key the session's transcript is stored under (that of the cwd
+    # it last ran in); None before the first turn.
+    project_key: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +190,20 @@ class SnapshotRecord:
     file_history_included: bool
     stats: dict[str, Any]
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChanges:
+    """Fields a fenced update may change. ``None`` leaves a field as it is;
+    an empty string clears a text field (sets it NULL)."""
+
+    state: SessionState | None = None
+    sandbox_id: str | None = None
+    sandbox_cwd: str | None = None
+    sdk_session_id: str | None = None
+    project_key: str | None = None
+    latest_snapshot_id: str | None = None
+    # Added to turn_count.
+    add_turns: int = 0
+    # Set last_active_at to the database clock's now.
+    touch: bool = False
