@@ -19,6 +19,7 @@ Driver exceptions never escape.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -169,7 +170,7 @@ class SessionTable(Protocol):
 
     async def claim_idle(
         self, owner: str, idle_seconds: float, ttl: float, limit: int
-    ) -> list[SessionRecord]:
+    ) -> builtins.list[SessionRecord]:
         """Across all tenants: lease to ``owner`` up to ``limit`` ACTIVE
         sessions whose ``last_active_at`` is older than ``idle_seconds`` (database
         clock) and whose lease is free or expired, skipping rows another
@@ -177,7 +178,7 @@ class SessionTable(Protocol):
         Epochs are bumped as in :meth:`acquire_lease`."""
         ...
 
-    async def list_leased_by(self, owner: str) -> list[SessionRecord]:
+    async def list_leased_by(self, owner: str) -> builtins.list[SessionRecord]:
         """Sessions whose live lease ``owner`` holds (for shutdown)."""
         ...
 
@@ -264,7 +265,8 @@ class ChunkIndex(Protocol):
     the same id under two tenants is two unrelated rows.
 
     Every id (chunk or tree) is 32 bytes; any other length or type (a hex
-    ``str``, say) is ``InvalidArgument`` in every method. Rows carry
+    ``str``, say) is ``InvalidArgument`` in every method, as are more than
+    100,000 ids in one call. Rows carry
     ``created_at`` from the database clock, for GC's grace period."""
 
     async def missing(self, tenant_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:

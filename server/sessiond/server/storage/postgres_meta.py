@@ -12,7 +12,8 @@ Everything lands in the first schema of the connection's ``search_path``
 (created if missing), so ``postgresql://…/db?search_path=tenant_x`` isolates a
 deployment, or a test, in its own schema.
 
-The tables live in :mod:`.postgres_sessions` and :mod:`.postgres_transcripts`;
+The tables live in :mod:`.postgres_sessions`, :mod:`.postgres_transcripts`
+and :mod:`.postgres_workspace`;
 errors are translated by :mod:`.postgres_errors`.
 """
 
@@ -34,11 +35,12 @@ from sessiond.client.errors import (
     Unavailable,
 )
 
-from .metadata import SessionTable, TenantTable, TranscriptTable
+from .metadata import ChunkIndex, SessionTable, SnapshotTable, TenantTable, TranscriptTable
 from .metadata_common import Migration, load_migrations
 from .postgres_errors import run, translate
 from .postgres_sessions import PgSessionTable, PgTenantTable
 from .postgres_transcripts import PgTranscriptTable
+from .postgres_workspace import PgChunkIndex, PgSnapshotTable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class PostgresMetadataStore:
         self.tenants: TenantTable = PgTenantTable(pool)
         self.sessions: SessionTable = PgSessionTable(pool)
         self.transcripts: TranscriptTable = PgTranscriptTable(pool)
+        self.chunks: ChunkIndex = PgChunkIndex(pool)
+        self.snapshots: SnapshotTable = PgSnapshotTable(pool)
 
     @classmethod
     async def open(

@@ -45,9 +45,7 @@ from .workspace_common import (
     stats_from_json,
 )
 
-_MANIFEST_COLUMNS = (
-    "manifest_id, blob_key, root_tree_id, config_tree_id, size, created_at"
-)
+_MANIFEST_COLUMNS = "manifest_id, blob_key, root_tree_id, config_tree_id, size, created_at"
 _SNAPSHOT_COLUMNS = (
     "tenant_id, snapshot_id, session_id, parent_snapshot_id, manifest_id, trigger,"
     " transcript_uuid, transcript_seq, file_history_included, stats, created_at"
@@ -295,13 +293,16 @@ class PgSnapshotTable:
             try:
                 # clock_timestamp(), not now(): taken under the session lock,
                 # so commit order is created_at order and the newest snapshot
-                # is always the session's latest.
+                # is always the session's latest (GREATEST keeps that true
+                # even if the server clock steps back).
                 row = await conn.fetchrow(
                     "INSERT INTO snapshots (tenant_id, snapshot_id, session_id,"
                     " parent_snapshot_id, manifest_id, trigger, transcript_uuid, transcript_seq,"
                     " file_history_included, stats, idempotency_key, created_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11,"
-                    f" clock_timestamp()) RETURNING {_SNAPSHOT_COLUMNS}",
+                    " GREATEST(clock_timestamp(), (SELECT max(created_at) + interval '1 usec'"
+                    " FROM snapshots WHERE tenant_id = $1 AND session_id = $3)))"
+                    f" RETURNING {_SNAPSHOT_COLUMNS}",
                     snap.tenant_id,
                     snap.snapshot_id,
                     snap.session_id,

@@ -32,6 +32,7 @@ import base64
 import hashlib
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -134,6 +135,7 @@ class S3BlobStore:
         read_timeout: float = 60.0,
         max_attempts: int = 5,
         part_size: int = PART_SIZE,
+        upload_concurrency: int = 2,
         list_page_size: int = 1000,
     ) -> None:
         if prefix.strip("/"):
@@ -148,6 +150,7 @@ class S3BlobStore:
         self._credentials = (access_key, secret_key, session_token)
         self._create_bucket = create_bucket
         self._part_size = part_size
+        self._upload_concurrency = max(1, upload_concurrency)
         self._page_size = list_page_size
         self._config = Config(
             region_name=region,
@@ -302,16 +305,32 @@ class S3BlobStore:
         client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> int:
-        """See :meth:`BlobStore.put_stream`. Up to one part is filled while the
-        previous one uploads, so memory stays near ``2 × part_size`` (plus
-        one incoming chunk); an object of at most one part is a single PUT."""
+        """See :meth:`BlobStore.put_stream`. Parts upload while the next one
+        fills, at most ``upload_concurrency`` at a time, so memory stays near
+        ``(upload_concurrency + 1) × part_size`` plus one incoming chunk. An
+        object of at most one part is a single PUT. On any failure the
+        multipart upload is aborted (after its parts in flight land)."""
         validate_key(key)
         size = self._part_size
         buf = bytearray()
         total = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
-        pending: asyncio.Task[dict[str, Any]] | None = None
+        inflight: deque[asyncio.Task[dict[str, Any]]] = deque()
+
+        async def drain(limit: int) -> None:
+            while len(inflight) > limit:
+                parts.append(await inflight[0])  # stays queued if it failed
+                inflight.popleft()
+
+        def submit(upload: str, data: bytes) -> None:
+            number = len(parts) + len(inflight) + 1
+            inflight.append(
+                asyncio.ensure_future(
+                    self._call(self._upload_part, key, upload, number, data, key=key, op="put")
+                )
+            )
+
         try:
             async for chunk in chunks:
                 buf += chunk
@@ -323,38 +342,22 @@ class S3BlobStore:
                     with memoryview(buf) as view:
                         part = bytes(view[:size])
                     del buf[:size]
-                    if pending is not None:
-                        parts.append(await pending)
-                    pending = asyncio.ensure_future(
-                        self._call(
-                            self._upload_part,
-                            key,
-                            upload_id,
-                            len(parts) + 1,
-                            part,
-                            key=key,
-                            op="put",
-                        )
-                    )
+                    await drain(self._upload_concurrency - 1)
+                    submit(upload_id, part)
             if upload_id is None:
                 await self._call(self._put_sync, key, bytes(buf), False, key=key, op="put")
                 return total
-            if pending is not None:
-                parts.append(await pending)
-                pending = None
-            parts.append(
-                await self._call(
-                    self._upload_part, key, upload_id, len(parts) + 1, bytes(buf), key=key, op="put"
-                )
-            )
+            submit(upload_id, bytes(buf))
+            await drain(0)
             await self._call(self._complete, key, upload_id, parts, key=key, op="put")
             return total
         except BaseException:
-            if pending is not None:
-                # Let a part in flight land before the abort, so none survives it.
-                await asyncio.wait([pending])
-                if not pending.cancelled():
-                    pending.exception()  # retrieved: the first error is the one raised
+            if inflight:
+                # Let parts in flight land before the abort, so none survives it.
+                await asyncio.wait(inflight)
+                for task in inflight:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: the first error is the one raised
             if upload_id is not None:
                 try:
                     await self._call(self._abort, key, upload_id, key=key, op="abort upload")

@@ -16,7 +16,7 @@ Migrations: ``migrations/sqlite/NNNN_name.sql`` applied in order at open under
 ``BEGIN IMMEDIATE`` and recorded in ``schema_migrations`` (the same table as
 on PostgreSQL); a newer schema than this code knows → ``FailedPrecondition``.
 
-The tables themselves live in :mod:`.sqlite_tables`.
+The tables themselves live in :mod:`.sqlite_tables` and :mod:`.sqlite_workspace`.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from sessiond.client.errors import (
     Unavailable,
 )
 
-from .metadata import SessionTable, TenantTable, TranscriptTable
+from .metadata import ChunkIndex, SessionTable, SnapshotTable, TenantTable, TranscriptTable
 from .metadata_common import Migration, from_micros, load_migrations
 from .sqlite_tables import SqliteSessionTable, SqliteTenantTable, SqliteTranscriptTable
+from .sqlite_workspace import SqliteChunkIndex, SqliteSnapshotTable
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ class SqliteMetadataStore:
         self.tenants: TenantTable = SqliteTenantTable(db, now_us)
         self.sessions: SessionTable = SqliteSessionTable(db, now_us)
         self.transcripts: TranscriptTable = SqliteTranscriptTable(db, now_us)
+        self.chunks: ChunkIndex = SqliteChunkIndex(db, now_us)
+        self.snapshots: SnapshotTable = SqliteSnapshotTable(db, now_us)
 
     @classmethod
     async def open(cls, path: str) -> SqliteMetadataStore:
