@@ -2,7 +2,7 @@
 same inserts done directly with asyncpg, in one run.
 
     python -m bench.bench_append [--database-url URL] [--seconds N] [--sessions 64]
-                                 [--server-process] [--py-spy DIR]
+                                 [--server-process] [--profile DIR]
 
 ``--sessions`` concurrent sessions each append batches of 10–50
 Claude-Code-shaped transcript entries of 1–4 KB (seeded, generated before
@@ -35,18 +35,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -93,7 +93,7 @@ CPU_BOUND = 0.85
 
 # --- the workload ----------------------------------------------------------------
 
-_WORDS = (
+_VOCABULARY = (
     "the of and to in is that for it with as on be this are by file function return "
     "value error test import from class def self async await const let var if else "
     "for while try except raise None True False print config server client session "
@@ -103,7 +103,7 @@ _WORDS = (
     "src/app.py tests/test_app.py README.md package.json Cargo.toml main.rs lib.rs "
     "npm pytest cargo build run check lint format git diff status commit push branch "
     "0 1 2 3 42 100 404 500 1024 2048 {} [] () => -> :: == != <= >= && || += ; : , ."
-).split()
+)
 
 
 def _dumps(entry: dict[str, Any]) -> str:
@@ -144,7 +144,7 @@ def build_corpus(seed: int, n_batches: int) -> Corpus:
     def uid() -> str:
         return str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
 
-    blob = " ".join(rng.choices(_WORDS, k=400_000))
+    blob = " ".join(rng.choices(_VOCABULARY.split(), k=400_000))
     session_id = uid()
     when = datetime(2025, 11, 3, 9, 30, tzinfo=UTC)
     parent: str | None = None
@@ -158,6 +158,7 @@ def build_corpus(seed: int, n_batches: int) -> Corpus:
         for _ in range(rng.randint(10, 50)):
             when += timedelta(milliseconds=rng.randint(50, 4000))
             entry_uuid = uid()
+            message: dict[str, Any]
             if k % 24 == 0:
                 kind, message = "user", {"role": "user", "content": [{"type": "text", "text": ""}]}
             elif k % 2 == 1:
@@ -477,14 +478,17 @@ async def drive_in_processes(
         plan = make_plan()
         for conn, _ in links:
             conn.send(plan)
-        watch = asyncio.create_task(on_plan(plan, [p.pid for _, p in links]))
-        stats = Stats()
-        for conn, _ in links:
-            kind, value = await asyncio.to_thread(conn.recv)
-            if kind != "stats":
-                raise RuntimeError(f"client process failed:\n{value}")
-            stats.merge(value)
-        observed = await watch
+
+        async def collect() -> Stats:
+            stats = Stats()
+            for conn, _ in links:
+                kind, value = await asyncio.to_thread(conn.recv)
+                if kind != "stats":
+                    raise RuntimeError(f"client process failed:\n{value}")
+                stats.merge(value)
+            return stats
+
+        stats, observed = await asyncio.gather(collect(), on_plan(plan, [p.pid for _, p in links]))
         for _, proc in links:
             await asyncio.to_thread(proc.join, 10)
         return stats, observed
@@ -516,7 +520,11 @@ class Result:
     max_ms: float
     server_p50_ms: float | None = None
     server_p99_ms: float | None = None
+    round: int = 1
+    # Busy cores of the machine just before the run (other tenants of the box).
+    background_cores: float = 0.0
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_entry: dict[str, float] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -528,19 +536,31 @@ class Ctx:
     postmaster: int | None
     workdir: Path
     results: list[Result] = field(default_factory=list)
-    direct_rate: float = 0.0
+    # Entries/s the paced runs offer: fixed by the first direct run.
+    offered: float = 0.0
+    round: int = 1
+    background: float = 0.0
+
+    async def settle(self) -> None:
+        """Wait (at most ``--quiet-wait`` s) until the rest of the machine
+        uses fewer than ``--quiet-cores``; remember what it used."""
+        deadline = time.monotonic() + self.args.quiet_wait
+        while True:
+            self.background = await background_load(1.0)
+            if self.background <= self.args.quiet_cores or time.monotonic() >= deadline:
+                return
 
     def plan(self, interval: float) -> Plan:
         return Plan.after(0.3, self.args.warmup, self.args.seconds, interval)
 
-    def loads(self) -> list[tuple[str, float, float | None]]:
-        """(load name, per-session interval, offered entries/s) to run."""
-        out: list[tuple[str, float, float | None]] = [("saturation", 0.0, None)]
-        if self.args.paced_fraction > 0 and self.direct_rate > 0:
-            offered = self.args.paced_fraction * self.direct_rate
-            interval = self.args.sessions * self.corpus.mean_batch / offered
-            out.append(("paced", interval, offered))
-        return out
+    def loads(self) -> Iterator[tuple[str, float, float | None]]:
+        """(load name, per-session interval, offered entries/s) to run: the
+        saturation run, then (lazily, once the first direct saturation run
+        has set ``offered``) the paced run."""
+        yield "saturation", 0.0, None
+        if self.args.paced_fraction > 0 and self.offered > 0:
+            interval = self.args.sessions * self.corpus.mean_batch / self.offered
+            yield "paced", interval, self.offered
 
     def pg_pids(self) -> list[int]:
         if self.postmaster is None:
@@ -548,26 +568,40 @@ class Ctx:
         return [self.postmaster, *child_pids(self.postmaster)]
 
 
+def profiler_command(profiler: str, pid: int, seconds: int, out: Path) -> list[str]:
+    """py-spy (Python frames of the GIL holder), py-spy-native (all active
+    threads with C frames; pauses the process per sample) or perf (on-CPU
+    samples incl. kernel and C; Python 3.11 frames are opaque to it)."""
+    if profiler == "perf":
+        where = ["-p", str(pid), "-o", str(out)]
+        return ["perf", "record", "-F", "499", "-g", *where, "--", "sleep", str(seconds)]
+    # --gil keeps only samples of the thread holding the GIL: Python CPU work,
+    # not threads waiting in a syscall or preempted after a wakeup.
+    mode = ["--native", "--rate", "100"] if profiler == "py-spy-native" else []
+    mode += ["--gil", "--nonblocking"] if profiler == "py-spy" else []
+    where = ["--pid", str(pid), "--duration", str(seconds), "-o", str(out)]
+    return ["py-spy", "record", *where, *mode, "--format", "raw"]
+
+
 async def watch_window(
     plan: Plan,
     groups: dict[str, PidSource],
     server: ServerProcess | None = None,
-    py_spy: Path | None = None,
+    profile: tuple[str, Path] | None = None,
 ) -> dict[str, Any]:
     """At the measurement window's start and end: CPU per group, server log
-    offsets; optionally a py-spy recording of the server over the window."""
+    offsets; optionally a profile of the server over the window."""
     probe = CpuProbe(groups)
     await sleep_until(plan.measure_from)
     probe.begin()
     log_from = server.log_size() if server else 0
-    spy: subprocess.Popen[bytes] | None = None
-    if py_spy is not None and server is not None:
-        spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(server.pid), "--rate", "200", "--nonblocking"]
-            + ["--format", "raw", "--duration", str(int(plan.end - plan.measure_from))]
-            + ["-o", str(py_spy)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+    prof: asyncio.subprocess.Process | None = None
+    if profile is not None and server is not None:
+        seconds = round(plan.end - plan.measure_from)
+        prof = await asyncio.create_subprocess_exec(
+            *profiler_command(profile[0], server.pid, seconds, profile[1]),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
     await sleep_until(plan.end)
     cores = probe.end()
@@ -576,9 +610,10 @@ async def watch_window(
         out["server_ms"] = sorted(
             server_rpc_durations(server.log_path, log_from, server.log_size(), APPEND_METHOD)
         )
-    if spy is not None:
-        _, err = await asyncio.to_thread(spy.communicate)
-        out["py_spy"] = str(py_spy) if spy.returncode == 0 else err.decode()[-500:]
+    if prof is not None and profile is not None:
+        _, err = await prof.communicate()
+        ok = prof.returncode == 0
+        out["profile"] = f"{profile[0]}: " + (str(profile[1]) if ok else err.decode()[-500:])
     return out
 
 
@@ -613,8 +648,16 @@ def summarize(
         max_ms=lat[-1] if lat else float("nan"),
         server_p50_ms=percentile(server_ms, 50) if server_ms else None,
         server_p99_ms=percentile(server_ms, 99) if server_ms else None,
-        cpu_cores={k: round(v, 3) for k, v in cores.items()},
+        round=ctx.round,
+        background_cores=round(ctx.background, 3),
     )
+    own = sum(v for k, v in cores.items() if k != "machine")
+    cores = {**cores, "other": max(0.0, cores.get("machine", 0.0) - own)}
+    result.cpu_cores = {k: round(v, 3) for k, v in cores.items()}
+    if result.entries_s:
+        result.cpu_us_per_entry = {
+            k: round(v * 1e6 / result.entries_s, 1) for k, v in cores.items() if k != "other"
+        }
     per_client = cores.get("client", 0.0) / max(procs, 1)
     if per_client >= CPU_BOUND:
         result.notes.append(
@@ -628,6 +671,10 @@ def summarize(
         result.notes.append(
             f"machine CPU-bound: {cores['machine']:.2f} of {ncpu} cores busy"
             " (clients, server and PostgreSQL share them)"
+        )
+    if ctx.background > ctx.args.quiet_cores:
+        result.notes.append(
+            f"the machine was busy with other work before this run ({ctx.background:.2f} cores)"
         )
     if offered and result.entries_s < 0.95 * offered:
         result.notes.append(
@@ -702,6 +749,10 @@ async def verify(
 # --- configurations ---------------------------------------------------------------
 
 
+def own_pid() -> list[int]:
+    return [os.getpid()]
+
+
 async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
     config = "direct-tx" if sessiond_shape else "direct"
     label = (
@@ -710,7 +761,8 @@ async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
         else "direct asyncpg, 1 statement (the limit)"
     )
     base = ctx.args.database_url
-    async with fresh_schema(base, f"{ctx.args.schema_prefix}_{config.replace('-', '_')}") as url:
+    schema = f"{ctx.args.schema_prefix}_r{ctx.round}_{config.replace('-', '_')}"
+    async with fresh_schema(base, schema) as url:
         await asyncio.to_thread(create_tenant, url, TENANT)
         await checkpoint(base)
         pool = await asyncpg.create_pool(url, min_size=20, max_size=20)
@@ -718,6 +770,7 @@ async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
             for load, interval, offered in ctx.loads():
                 tag = f"{config}-{load}"
                 append = direct_append(pool, tag, ctx.corpus, sessiond_shape=sessiond_shape)
+                await ctx.settle()
                 plan = ctx.plan(interval)
                 groups: dict[str, PidSource] = {
                     "client": lambda: [os.getpid()],
@@ -734,8 +787,8 @@ async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
                     url, tag, stats, ctx.corpus, ctx.args.sessions, sessiond_shape
                 )
                 report(ctx, result)
-                if config == "direct" and load == "saturation":
-                    ctx.direct_rate = result.entries_s
+                if config == "direct" and load == "saturation" and not ctx.offered:
+                    ctx.offered = ctx.args.paced_fraction * result.entries_s
         finally:
             await pool.close()
 
@@ -745,7 +798,7 @@ async def run_process(ctx: Ctx) -> None:
     for procs in ctx.args.client_procs:
         config = "process"
         label = f"sessiond, server process, {procs} client proc{'s' if procs > 1 else ''}"
-        schema = f"{ctx.args.schema_prefix}_process{procs}"
+        schema = f"{ctx.args.schema_prefix}_r{ctx.round}_process{procs}"
         async with fresh_schema(base, schema) as url:
             token = await asyncio.to_thread(create_tenant, url, TENANT)
             server = await asyncio.to_thread(
@@ -769,29 +822,35 @@ async def run_process(ctx: Ctx) -> None:
                         )
                         for i in range(procs)
                     ]
-                    spy = None
-                    if ctx.args.py_spy and load == "saturation":
-                        ctx.args.py_spy.mkdir(parents=True, exist_ok=True)
-                        spy = ctx.args.py_spy / f"server-{tag}.txt"
+                    profile = None
+                    if ctx.args.profile and load == "saturation":
+                        ctx.args.profile.mkdir(parents=True, exist_ok=True)
+                        ext = "perf.data" if ctx.args.profiler == "perf" else "txt"
+                        out = ctx.args.profile / f"server-r{ctx.round}-{tag}.{ext}"
+                        profile = (ctx.args.profiler, out)
 
                     async def on_plan(
-                        plan: Plan, pids: list[int], spy: Path | None = spy
+                        plan: Plan,
+                        pids: list[int],
+                        profile: tuple[str, Path] | None = profile,
+                        server: ServerProcess = server,
                     ) -> dict[str, Any]:
                         groups: dict[str, PidSource] = {
                             "client": lambda: pids,
                             "server": lambda: [server.pid],
                             "postgres": ctx.pg_pids,
                         }
-                        return await watch_window(plan, groups, server, spy)
+                        return await watch_window(plan, groups, server, profile)
 
+                    await ctx.settle()
                     stats, observed = await drive_in_processes(
-                        specs, lambda interval=interval: ctx.plan(interval), on_plan
+                        specs, functools.partial(ctx.plan, interval), on_plan
                     )
                     result = summarize(
                         ctx, config, label, load, procs, ctx.args.client, offered, stats, observed
                     )
-                    if "py_spy" in observed:
-                        result.notes.append(f"py-spy: {observed['py_spy']}")
+                    if "profile" in observed:
+                        result.notes.append(f"profiled with {observed['profile']}")
                     result.verify = await verify(
                         url, tag, stats, ctx.corpus, ctx.args.sessions, True
                     )
@@ -802,7 +861,7 @@ async def run_process(ctx: Ctx) -> None:
 
 async def run_inprocess(ctx: Ctx) -> None:
     base = ctx.args.database_url
-    schema = f"{ctx.args.schema_prefix}_inprocess"
+    schema = f"{ctx.args.schema_prefix}_r{ctx.round}_inprocess"
     async with (
         fresh_schema(base, schema) as url,
         inprocess_server(
@@ -815,6 +874,7 @@ async def run_inprocess(ctx: Ctx) -> None:
             slots = range(ctx.args.sessions)
             factory = store_append if ctx.args.client == "store" else raw_append
             append, close = factory(target, token, tag, ctx.corpus, slots)
+            await ctx.settle()
             plan = ctx.plan(interval)
             groups: dict[str, PidSource] = {
                 "client": lambda: [os.getpid()],
@@ -858,53 +918,101 @@ def report(ctx: Ctx, result: Result) -> None:
         print(f"    note: {note}", flush=True)
 
 
-def table(results: Sequence[Result], direct_rate: float) -> str:
-    headers = [
-        "configuration",
-        "load",
-        "entries/s",
-        "batches/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "server p99 ms",
-        "vs direct",
-        "CPU client",
-        "CPU server",
-        "CPU PG",
-        "CPU box",
-    ]
-    rows = []
+def medians(results: Sequence[Result]) -> list[Result]:
+    """Per (configuration, load): the run with the median entries/s (the
+    lower one for an even count), so each row's figures stay one run's."""
+    groups: dict[tuple[str, str], list[Result]] = {}
     for r in results:
-        c = r.cpu_cores
-        load = r.load if r.offered_entries_s is None else f"paced {r.offered_entries_s:,.0f}/s"
-        rows.append(
+        groups.setdefault((r.label, r.load), []).append(r)
+    out = []
+    for runs in groups.values():
+        ranked = sorted(runs, key=lambda r: r.entries_s)
+        out.append(ranked[(len(ranked) - 1) // 2])
+    return out
+
+
+def direct_rate(rows: Sequence[Result]) -> float:
+    for r in rows:
+        if r.config == "direct" and r.load == "saturation":
+            return r.entries_s
+    return 0.0
+
+
+def _load(r: Result) -> str:
+    return r.load if r.offered_entries_s is None else f"paced {r.offered_entries_s:,.0f}/s"
+
+
+def figures_table(rows: Sequence[Result], runs: int) -> str:
+    base = direct_rate(rows)
+    headers = ["configuration", "load", "entries/s", "batches/s", "p50 ms", "p95 ms"]
+    headers += ["p99 ms", "server p99 ms", "vs direct"]
+    body = [
+        [
+            r.label,
+            _load(r),
+            fmt(r.entries_s),
+            fmt(r.batches_s),
+            fmt(r.p50_ms),
+            fmt(r.p95_ms),
+            fmt(r.p99_ms),
+            fmt(r.server_p99_ms),
+            ratio(r.entries_s, base),
+        ]
+        for r in rows
+    ]
+    note = f"(median of {runs} runs each)" if runs > 1 else ""
+    return markdown_table(headers, body) + (f"\n\n{note}" if note else "")
+
+
+def service_us(r: Result) -> float:
+    """CPU per entry on the service side: what would still run on this box
+    if the callers ran elsewhere (sessiond: server + PostgreSQL; direct:
+    the asyncpg caller + PostgreSQL, since it does the server's part)."""
+    c = r.cpu_us_per_entry
+    if r.config == "process":
+        return c.get("server", 0.0) + c.get("postgres", 0.0)
+    return c.get("client", 0.0) + c.get("postgres", 0.0)
+
+
+def cpu_table(rows: Sequence[Result]) -> str:
+    ncpu = os.cpu_count() or 1
+    saturated = [r for r in rows if r.load == "saturation"]
+    base = next((r for r in saturated if r.config == "direct"), None)
+    base_est = ncpu * 1e6 / service_us(base) if base and service_us(base) else 0.0
+    headers = ["configuration", "cores: client", "server", "PG", "other", "box"]
+    headers += ["µs/entry: client", "server", "PG", "est. entries/s, clients off-box"]
+    body = []
+    for r in saturated:
+        c, u = r.cpu_cores, r.cpu_us_per_entry
+        svc = service_us(r)
+        est = ncpu * 1e6 / svc if svc and r.config != "inprocess" else float("nan")
+        body.append(
             [
                 r.label,
-                load,
-                fmt(r.entries_s),
-                fmt(r.batches_s),
-                fmt(r.p50_ms),
-                fmt(r.p95_ms),
-                fmt(r.p99_ms),
-                fmt(r.server_p99_ms),
-                ratio(r.entries_s, direct_rate),
                 fmt(c.get("client"), 2),
                 fmt(c.get("server"), 2),
                 fmt(c.get("postgres"), 2),
+                fmt(c.get("other"), 2),
                 fmt(c.get("machine"), 2),
+                fmt(u.get("client")),
+                fmt(u.get("server")),
+                fmt(u.get("postgres")),
+                f"{fmt(est)} ({ratio(est, base_est)})" if est == est else "–",
             ]
         )
-    return markdown_table(headers, rows)
+    return markdown_table(headers, body)
 
 
-def verdicts(results: Sequence[Result], direct_rate: float) -> list[str]:
+def verdicts(rows: Sequence[Result]) -> list[str]:
+    base = direct_rate(rows)
     out = []
-    for r in results:
+    for r in rows:
         if r.config != "process":
             continue
         if r.load == "saturation":
-            share = r.entries_s / direct_rate if direct_rate else float("nan")
+            if not base:
+                continue
+            share = r.entries_s / base
             out.append(
                 f"{r.label}: throughput {share:.0%} of direct (target ≥ {TARGET_RATIO:.0%}):"
                 f" {'PASS' if share >= TARGET_RATIO else 'MISS'}; p99 at saturation"
@@ -917,6 +1025,15 @@ def verdicts(results: Sequence[Result], direct_rate: float) -> list[str]:
                 f" offered (target ≤ {TARGET_P99_MS:.0f} ms): {'PASS' if met else 'MISS'}"
             )
     return out
+
+
+async def background_load(seconds: float = 2.0) -> float:
+    """Busy cores of the machine before the benchmark starts (the box may be
+    shared; this is reported next to the figures)."""
+    probe = CpuProbe({})
+    probe.begin()
+    await asyncio.sleep(seconds)
+    return probe.end()["machine"]
 
 
 # --- main --------------------------------------------------------------------------
@@ -965,16 +1082,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="paced runs offer this fraction of the direct throughput; 0 disables"
         " (default %(default)s)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the whole sequence N times (interleaved) and report medians",
+    )
+    p.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.25,
+        help="before each run, wait until the rest of the machine uses fewer cores"
+        " than this (default %(default)s)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="longest wait for that, in seconds; the run then goes ahead with a note"
+        " (default %(default)s)",
+    )
     p.add_argument("--corpus-batches", type=int, default=1024)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--server-log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.add_argument(
-        "--py-spy",
+        "--profile",
         type=Path,
         default=None,
         metavar="DIR",
-        help="record the server process with py-spy (raw collapsed stacks) during each"
-        " saturation window; perturbs the figures, so profile in a separate run",
+        help="profile the server process during each of its saturation windows into DIR;"
+        " this perturbs the figures, so profile in a separate run",
+    )
+    p.add_argument(
+        "--profiler",
+        choices=["py-spy", "py-spy-native", "perf"],
+        default="py-spy",
+        help="py-spy: collapsed Python stacks of the GIL holder; py-spy-native: with C"
+        " frames; perf: on-CPU samples with kernel and C frames (default %(default)s)",
     )
     p.add_argument("--output", type=Path, default=None, help="JSON results path")
     args = p.parse_args(argv)
@@ -1003,45 +1147,50 @@ async def main_async(args: argparse.Namespace) -> int:
         f" client: {args.client}",
         flush=True,
     )
+    idle = await background_load()
+    print(f"- background load before start: {idle:.2f} busy cores", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="sessiond-bench-"))
-    ctx = Ctx(
-        args=args,
-        corpus=corpus,
-        postmaster=await postmaster_pid(args.database_url),
-        workdir=workdir,
-    )
+    postmaster = await postmaster_pid(args.database_url)
+    if postmaster is None:
+        print("- PostgreSQL is not on this machine: its CPU is not measured", flush=True)
+    ctx = Ctx(args=args, corpus=corpus, postmaster=postmaster, workdir=workdir)
     try:
-        for config in ALL_CONFIGS:
-            if config not in args.configs:
-                continue
-            if config == "direct":
-                await run_direct(ctx, sessiond_shape=False)
-            elif config == "direct-tx":
-                await run_direct(ctx, sessiond_shape=True)
-            elif config == "process":
-                await run_process(ctx)
-            else:
-                await run_inprocess(ctx)
+        for ctx.round in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"round {ctx.round} of {args.repeat}", flush=True)
+            for config in ALL_CONFIGS:
+                if config not in args.configs:
+                    continue
+                if config in ("direct", "direct-tx"):
+                    await run_direct(ctx, sessiond_shape=config == "direct-tx")
+                elif config == "process":
+                    await run_process(ctx)
+                else:
+                    await run_inprocess(ctx)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    results = ctx.results
+    rows = medians(ctx.results)
     print()
-    print(table(results, ctx.direct_rate))
+    print(figures_table(rows, args.repeat))
     print()
-    for line in verdicts(results, ctx.direct_rate):
+    print(cpu_table(rows))
+    print()
+    for line in verdicts(rows):
         print(f"- {line}")
-    for r in results:
+    for r in rows:
         for note in r.notes:
             print(f"- {r.label} [{r.load}]: {note}")
-    failed = [r for r in results if not r.verify.get("ok")]
+    failed = [r for r in ctx.results if not r.verify.get("ok")]
     for r in failed:
-        print(f"- VERIFY FAILED {r.label} [{r.load}]: {r.verify}")
+        print(f"- VERIFY FAILED {r.label} [{r.load}] round {r.round}: {r.verify}")
+    if not failed:
+        print(f"- verified: all {len(ctx.results)} runs stored exactly the acknowledged entries")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H%M%S")
     path = args.output or RESULTS_DIR / f"append-{stamp}.json"
     payload = {
         "benchmark": "append",
-        "machine": info,
+        "machine": {**info, "background_busy_cores": round(idle, 3)},
         "parameters": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
@@ -1053,9 +1202,11 @@ async def main_async(args: argparse.Namespace) -> int:
             "mean_batch": corpus.mean_batch,
             "mean_entry_bytes": corpus.mean_entry_bytes,
         },
-        "direct_entries_s": ctx.direct_rate,
-        "results": [asdict(r) for r in results],
-        "verdicts": verdicts(results, ctx.direct_rate),
+        "direct_entries_s": direct_rate(rows),
+        "summary": [asdict(r) for r in rows],
+        "runs": [asdict(r) for r in ctx.results],
+        "verdicts": verdicts(rows),
+        "tables": {"figures": figures_table(rows, args.repeat), "cpu": cpu_table(rows)},
     }
     print(f"\nresults: {write_json(path, payload)}")
     return 1 if failed else 0

@@ -105,9 +105,9 @@ def sessiond_command() -> list[str]:
 def create_tenant(database_url: str, tenant_id: str) -> str:
     """``sessiond admin tenants create``; returns the printed API key. Also
     applies the schema migrations to ``database_url``."""
+    admin = [*sessiond_command(), "admin", "--database-url", database_url]
     out = subprocess.run(
-        [*sessiond_command(), "admin", "--database-url", database_url, "tenants", "create"]
-        + [tenant_id],
+        [*admin, "tenants", "create", tenant_id],
         check=True,
         capture_output=True,
         text=True,
@@ -226,7 +226,7 @@ async def inprocess_server(
     from sessiond.server.config import ServerConfig
     from sessiond.server.core.tenants import Tenants
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    _mkdir(workdir)
     handler = logging.FileHandler(workdir / "server.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("sessiond")
@@ -296,16 +296,25 @@ async def postmaster_pid(url: str) -> int | None:
     conn = await asyncpg.connect(with_search_path(url, None))
     try:
         backend: int = await conn.fetchval("SELECT pg_backend_pid()")
+        ppid = parent_pid(backend)  # while the backend still exists
     finally:
         await conn.close()
-    ppid = parent_pid(backend)
-    if ppid is None:
-        return None
+    return ppid if ppid is not None and _comm(ppid).startswith("postgres") else None
+
+
+def _comm(pid: int) -> str:
     try:
-        comm = Path(f"/proc/{ppid}/comm").read_text().strip()
+        return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        return None
-    return ppid if comm.startswith("postgres") else None
+        return ""
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
 
 
 PidSource = Callable[[], Iterable[int]]
@@ -449,7 +458,7 @@ async def machine_info(database_url: str) -> dict[str, Any]:
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
         "memory_gib": round(mem_gib, 1),
-        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg_before": _loadavg(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "postgresql": pg_version,

@@ -152,7 +152,7 @@ async def test_stale_epoch_is_aborted_and_commits_nothing(sessiond_server: Runni
 async def test_unknown_chunk_is_data_loss_and_other_sessions_are_not_found(
     sessiond_server: RunningServer,
 ) -> None:
-    client, remote, key, _ = await _setup(sessiond_server)
+    _client, remote, key, _ = await _setup(sessiond_server)
     with pytest.raises(DataLoss):
         _ = [c async for c in remote.get_chunks([fmt.chunk_id(key, b"nope")])]
     other = await sessiond_server.client()

@@ -197,7 +197,7 @@ async def test_keys_are_relative_to_the_prefix(s3_server: S3Server, s3_blob_url:
         await two.put("k", b"2")
         assert [i.key async for i in one.list()] == ["k"]
         assert await one.get("k") == b"1" and await two.get("k") == b"2"
-        assert isinstance(one, S3BlobStore)
+        assert isinstance(one, S3BlobStore) and isinstance(two, S3BlobStore)
         raw_keys = s3_server.admin.list_objects_v2(Bucket=one.bucket)["Contents"]
         assert sorted(o["Key"] for o in raw_keys) == [one.prefix + "k", two.prefix + "k"]
     finally:
