@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-from sessiond.client.errors import NotFound, Unauthenticated
+from sessiond.client.errors import NotFound, PermissionDenied, Unauthenticated
 
+from . import sandbox_tokens
 from .apikeys import parse_token, secret_matches
 from .identity import Identity
 from .interceptors import Metadata
@@ -88,3 +89,30 @@ class ApiKeyAuth:
             raise Unauthenticated("unknown tenant") from None
         if tenant.disabled:
             raise Unauthenticated("tenant disabled")
+
+
+class SandboxTokenAuth:
+    """Scoped sandbox tokens first, everything else to ``fallback``.
+
+    A sandbox token authenticates as its tenant, for its one session and only
+    the hydrator's RPCs (``PermissionDenied`` for any other method).
+    """
+
+    def __init__(self, key: bytes, fallback: AnonymousAuth | ApiKeyAuth) -> None:
+        self._key = key
+        self._fallback = fallback
+
+    async def authenticate(self, metadata: Metadata, method: str) -> Identity:
+        token = bearer_token(metadata)
+        if token is None or not token.startswith(sandbox_tokens.PREFIX):
+            return await self._fallback.authenticate(metadata, method)
+        claims = sandbox_tokens.verify(self._key, token)
+        if method not in sandbox_tokens.SANDBOX_METHODS:
+            raise PermissionDenied(f"sandbox tokens may not call {method}")
+        return Identity(
+            tenant_id=claims.tenant_id,
+            kind="sandbox",
+            session_id=claims.session_id,
+            methods=sandbox_tokens.SANDBOX_METHODS,
+            sdk_session_id=claims.sdk_session_id,
+        )

@@ -22,11 +22,18 @@ class Identity:
     session_id: str | None = None
     # For sandbox tokens: the RPC method names it may call (full paths).
     methods: frozenset[str] = field(default_factory=frozenset)
+    # For sandbox tokens: the SDK session id whose transcript it may touch.
+    sdk_session_id: str | None = None
 
     def check_session(self, session_id: str) -> None:
         """Refuse a sandbox token used for another session."""
         if self.session_id is not None and session_id != self.session_id:
             raise PermissionDenied("token is not valid for this session")
+
+    def check_transcript(self, sdk_session_id: str) -> None:
+        """Refuse a sandbox token used for another session's transcript."""
+        if self.kind == "sandbox" and sdk_session_id != self.sdk_session_id:
+            raise PermissionDenied("token is not valid for this transcript")
 
 
 _current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(

@@ -108,6 +108,12 @@ class SandboxProvider(Protocol):
         """Read a file; ``NotFound`` if it or the sandbox does not exist."""
         ...
 
+    async def kill_all(self, sandbox_id: str) -> None:
+        """Kill every command running in the sandbox (and what they started),
+        keeping its files. Used when a replica takes over a session whose
+        previous holder may have left a turn running. ``NotFound`` if gone."""
+        ...
+
     async def describe(self, sandbox_id: str) -> SandboxInfo:
         """``NotFound`` once destroyed."""
         ...

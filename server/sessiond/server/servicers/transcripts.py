@@ -21,6 +21,7 @@ LOAD_RESPONSE_BYTES = 1 << 20
 def _key(key: transcripts_pb2.SessionKey) -> TranscriptKey:
     log_field("project", key.project_key[:60])
     log_field("session", key.session_id[:60])
+    current_identity().check_transcript(key.session_id)
     return validate_key(key.project_key, key.session_id, key.subpath)
 
 
@@ -64,7 +65,10 @@ class TranscriptServicer(transcripts_pb2_grpc.TranscriptServiceServicer):
     async def ListSessions(
         self, request: transcripts_pb2.ListTranscriptSessionsRequest, context: ServicerContext
     ) -> transcripts_pb2.ListTranscriptSessionsResponse:
-        found = await self._t.list_sessions(current_identity().tenant_id, request.project_key)
+        ident = current_identity()
+        found = await self._t.list_sessions(ident.tenant_id, request.project_key)
+        if ident.kind == "sandbox":
+            found = [s for s in found if s.session_id == ident.sdk_session_id]
         return transcripts_pb2.ListTranscriptSessionsResponse(
             sessions=[
                 transcripts_pb2.TranscriptSessionInfo(session_id=s.session_id, mtime=s.mtime_ms)
@@ -75,7 +79,10 @@ class TranscriptServicer(transcripts_pb2_grpc.TranscriptServiceServicer):
     async def ListSessionSummaries(
         self, request: transcripts_pb2.ListSessionSummariesRequest, context: ServicerContext
     ) -> transcripts_pb2.ListSessionSummariesResponse:
-        found = await self._t.list_summaries(current_identity().tenant_id, request.project_key)
+        ident = current_identity()
+        found = await self._t.list_summaries(ident.tenant_id, request.project_key)
+        if ident.kind == "sandbox":
+            found = [s for s in found if s.session_id == ident.sdk_session_id]
         return transcripts_pb2.ListSessionSummariesResponse(
             summaries=[
                 transcripts_pb2.SessionSummary(
@@ -94,7 +101,9 @@ class TranscriptServicer(transcripts_pb2_grpc.TranscriptServiceServicer):
     async def ListSubkeys(
         self, request: transcripts_pb2.ListSubkeysRequest, context: ServicerContext
     ) -> transcripts_pb2.ListSubkeysResponse:
+        ident = current_identity()
+        ident.check_transcript(request.session_id)
         subpaths = await self._t.list_subkeys(
-            current_identity().tenant_id, request.project_key, request.session_id
+            ident.tenant_id, request.project_key, request.session_id
         )
         return transcripts_pb2.ListSubkeysResponse(subpaths=subpaths)
