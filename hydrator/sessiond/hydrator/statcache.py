@@ -101,19 +101,26 @@ class DirRecord:
 
     @property
     def files(self) -> dict[bytes, FileRecord]:
-        """name → (signature, concatenated chunk ids); decoded on first use."""
+        """name → (signature, concatenated chunk ids); decoded on first use.
+        Read-only: change them through :meth:`edit`."""
         if self._files is None:
             try:
                 self._files = _unpack_files(self._blob or b"")
             except (struct.error, ValueError):
-                self._files = {}
-            self._blob = None
+                self._files, self._blob = {}, None
         return self._files
 
+    def edit(self) -> dict[bytes, FileRecord]:
+        """The files, for changing (the packed form is dropped)."""
+        files = self.files
+        self._blob = None
+        return files
+
     def packed(self) -> bytes:
-        if self._files is None:
-            return self._blob or b""
-        return _pack_files(self._files)
+        """The files as stored; packed once and kept until they change."""
+        if self._blob is None:
+            self._blob = _pack_files(self._files or {})
+        return self._blob
 
 
 class StatCache:
@@ -196,13 +203,13 @@ class StatCache:
         if rec is None:
             rec = self._dirs[parent] = DirRecord()
         rec.fingerprint = b""  # the directory's contents are no longer vouched for
-        rec.files[name] = (signature(st), b"".join(chunk_ids))
+        rec.edit()[name] = (signature(st), b"".join(chunk_ids))
 
     def forget(self, relpath: bytes) -> None:
         parent, name = _split(relpath)
         rec = self._dirs.get(parent)
         if rec is not None:
-            rec.files.pop(name, None)
+            rec.edit().pop(name, None)
             rec.fingerprint = b""
 
     def put_dir(self, relpath: bytes, record: DirRecord) -> None:
@@ -237,7 +244,7 @@ class StatCache:
             rec = self._dirs[parent]
             files = rec.files
             if any(n not in names for n in files):
-                rec._files = {n: v for n, v in files.items() if n in names}
+                rec._files, rec._blob = {n: v for n, v in files.items() if n in names}, None
                 rec.fingerprint = b""
 
     def save(self, state_dir: Path, snapshot_id: str, *, name: str = FILE_NAME) -> None:
