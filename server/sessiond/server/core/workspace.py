@@ -42,7 +42,7 @@ from .packs import ChunkSpec, check_header, manifest_key, pack_id, pack_key, ver
 
 log = logging.getLogger(__name__)
 
-TRIGGERS = ("manual", "idle", "turn", "shutdown", "watch", "import")
+TRIGGERS = ("manual", "idle", "turn", "shutdown", "watch", "import", "fork", "restore")
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ _TRIGGER_TO_PB = {
     "shutdown": common_pb2.SNAPSHOT_TRIGGER_SHUTDOWN,
     "watch": common_pb2.SNAPSHOT_TRIGGER_WATCH,
     "import": common_pb2.SNAPSHOT_TRIGGER_IMPORT,
+    "fork": common_pb2.SNAPSHOT_TRIGGER_FORK,
+    "restore": common_pb2.SNAPSHOT_TRIGGER_RESTORE,
 }
 
 

@@ -30,6 +30,8 @@ class SnapshotTrigger(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SNAPSHOT_TRIGGER_SHUTDOWN: _ClassVar[SnapshotTrigger]
     SNAPSHOT_TRIGGER_WATCH: _ClassVar[SnapshotTrigger]
     SNAPSHOT_TRIGGER_IMPORT: _ClassVar[SnapshotTrigger]
+    SNAPSHOT_TRIGGER_FORK: _ClassVar[SnapshotTrigger]
+    SNAPSHOT_TRIGGER_RESTORE: _ClassVar[SnapshotTrigger]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_NEW: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -44,6 +46,8 @@ SNAPSHOT_TRIGGER_TURN: SnapshotTrigger
 SNAPSHOT_TRIGGER_SHUTDOWN: SnapshotTrigger
 SNAPSHOT_TRIGGER_WATCH: SnapshotTrigger
 SNAPSHOT_TRIGGER_IMPORT: SnapshotTrigger
+SNAPSHOT_TRIGGER_FORK: SnapshotTrigger
+SNAPSHOT_TRIGGER_RESTORE: SnapshotTrigger
 
 class AgentOptions(_message.Message):
     __slots__ = ("model", "system_prompt", "allowed_tools", "disallowed_tools", "permission_mode", "max_turns", "enable_file_checkpointing")
