@@ -346,14 +346,7 @@ async def test_malformed_key_is_invalid_argument(blob_store: BlobStore, key: str
         "a/./",
         "ü",
         "with space",
-        pytest.param(
-            "a//",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="blob.validate_prefix strips every trailing '/', so 'a//' passes "
-                "(it matches nothing); fix requested in blob.py",
-            ),
-        ),
+        "a//",
     ],
 )
 async def test_malformed_list_prefix_is_invalid_argument(

@@ -29,7 +29,8 @@ from typing import Protocol, runtime_checkable
 from sessiond.client.errors import InvalidArgument
 
 MAX_KEY_BYTES = 1024
-_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+KEY_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_COMPONENT = KEY_COMPONENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,7 @@ def validate_prefix(prefix: str) -> str:
     """A listing prefix: empty, or a key optionally ending in ``/``."""
     if prefix == "":
         return prefix
-    validate_key(prefix.rstrip("/") or "x")
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
     return prefix
 
 

@@ -26,15 +26,99 @@ from .metadata_common import (
     micros,
 )
 from .postgres_errors import run
-from .records import ApiKeyRecord, NewSession, Page, SessionRecord, SessionState, Tenant
+from .records import (
+    ApiKeyRecord,
+    NewSession,
+    Page,
+    SessionChanges,
+    SessionRecord,
+    SessionState,
+    Tenant,
+)
+from .session_common import (
+    check_changes,
+    check_epoch,
+    check_limit,
+    check_owner,
+    check_seconds,
+    refuse_fenced,
+    renew_refused,
+)
 
 _TENANT_COLUMNS = "tenant_id, name, chunk_key, created_at, disabled"
 
 _SESSION_COLUMNS = (
     "tenant_id, session_id, state, labels, agent_options, snapshot_policy, sdk_session_id,"
     " latest_snapshot_id, forked_from, sandbox_id, sandbox_cwd, turn_count, epoch,"
-    " created_at, updated_at, last_active_at"
+    " created_at, updated_at, last_active_at, project_key, lease_owner, lease_expires_at"
 )
+
+
+_S_SESSION_COLUMNS = ", ".join("s." + c.strip() for c in _SESSION_COLUMNS.split(","))
+
+# Leases are judged on the database clock. now() is the statement's start:
+# one that waited for the row lock judges expiry as of when it was issued
+# (a lease that ended meanwhile still counts as held: the safe side) and
+# grants a lease that ends no earlier than the holder, counting ttl from
+# before its call, believes.
+#
+# Taking the lease from anyone else, the NULL owner of a released lease
+# included, bumps the epoch: every earlier holder is fenced. $1 owner, $2 ttl.
+_TAKE_LEASE = """
+    epoch = epoch + (lease_owner IS DISTINCT FROM $1)::int,
+    updated_at = CASE WHEN lease_owner IS DISTINCT FROM $1 THEN now() ELSE updated_at END,
+    lease_owner = $1,
+    lease_expires_at = now() + make_interval(secs => $2)
+"""
+
+_ACQUIRE = f"""
+UPDATE sessions SET {_TAKE_LEASE}
+WHERE tenant_id = $3 AND session_id = $4 AND state <> 'deleted'
+  AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at <= now())
+RETURNING {_SESSION_COLUMNS}
+"""
+
+# The candidates are locked with SKIP LOCKED, so replicas claiming at the
+# same moment split the idle sessions between them instead of queueing on
+# (or double-claiming) the same rows; a row another claimer committed
+# meanwhile is re-checked by the lock and dropped (its lease is now live).
+# Served by sessions_idle_idx. $3 idle seconds, $4 limit.
+_CLAIM_IDLE = f"""
+WITH c AS (
+    SELECT tenant_id, session_id FROM sessions
+    WHERE state = 'active' AND last_active_at < now() - make_interval(secs => $3)
+      AND (lease_owner IS NULL OR lease_expires_at <= now())
+    ORDER BY last_active_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sessions AS s SET {_TAKE_LEASE}
+FROM c WHERE s.tenant_id = c.tenant_id AND s.session_id = c.session_id
+RETURNING {_S_SESSION_COLUMNS}
+"""
+
+# Ending a lease clears the owner and keeps the time it ended.
+_END_LEASE = (
+    "lease_owner = NULL,"
+    " lease_expires_at = CASE WHEN lease_expires_at > now() THEN now() ELSE lease_expires_at END"
+)
+
+# Text changes: NULL leaves the column, '' clears it.
+_UPDATE_FENCED = f"""
+UPDATE sessions SET
+    state = COALESCE($3::text, state),
+    sandbox_id = CASE WHEN $4::text IS NULL THEN sandbox_id ELSE NULLIF($4, '') END,
+    sandbox_cwd = CASE WHEN $5::text IS NULL THEN sandbox_cwd ELSE NULLIF($5, '') END,
+    sdk_session_id = CASE WHEN $6::text IS NULL THEN sdk_session_id ELSE NULLIF($6, '') END,
+    project_key = CASE WHEN $7::text IS NULL THEN project_key ELSE NULLIF($7, '') END,
+    latest_snapshot_id =
+        CASE WHEN $8::text IS NULL THEN latest_snapshot_id ELSE NULLIF($8, '') END,
+    turn_count = turn_count + $9::bigint,
+    last_active_at = CASE WHEN $10::boolean THEN now() ELSE last_active_at END,
+    updated_at = now()
+WHERE tenant_id = $1 AND session_id = $2
+RETURNING {_SESSION_COLUMNS}
+"""
 
 
 def _tenant(row: asyncpg.Record) -> Tenant:
@@ -79,6 +163,9 @@ def _session(row: asyncpg.Record) -> SessionRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_active_at=row["last_active_at"],
+        project_key=row["project_key"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
     )
 
 
@@ -356,10 +443,153 @@ class PgSessionTable:
 
         return await run(self._pool, "bump session epoch", q, transaction=False)
 
+    async def acquire_lease(
+        self, tenant_id: str, session_id: str, owner: str, ttl: float
+    ) -> SessionRecord | None:
+        check_owner(owner)
+        secs = check_seconds("ttl", ttl, allow_zero=False)
+
+        async def q(conn: asyncpg.Connection) -> SessionRecord | None:
+            # One statement: concurrent acquirers queue on the row lock and
+            # each re-checks the lease the previous one left (exactly one
+            # wins a free lease).
+            row = await conn.fetchrow(_ACQUIRE, owner, secs, tenant_id, session_id)
+            if row is not None:
+                return _session(row)
+            state = await conn.fetchval(
+                "SELECT state FROM sessions WHERE tenant_id = $1 AND session_id = $2",
+                tenant_id,
+                session_id,
+            )
+            if state is None:
+                raise NotFound(f"session {session_id!r} not found")
+            if state == SessionState.DELETED:
+                raise FailedPrecondition(f"session {session_id!r} is deleted")
+            return None
+
+        return await run(self._pool, "acquire session lease", q, transaction=False)
+
+    async def renew_lease(
+        self, tenant_id: str, session_id: str, owner: str, epoch: int, ttl: float
+    ) -> None:
+        check_owner(owner)
+        check_epoch(epoch)
+        secs = check_seconds("ttl", ttl, allow_zero=False)
+
+        async def q(conn: asyncpg.Connection) -> None:
+            done = await conn.fetchval(
+                "UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $5)"
+                " WHERE tenant_id = $1 AND session_id = $2 AND lease_owner = $3 AND epoch = $4"
+                " AND state <> 'deleted' RETURNING 1",
+                tenant_id,
+                session_id,
+                owner,
+                epoch,
+                secs,
+            )
+            if done is not None:
+                return
+            exists = await conn.fetchval(
+                "SELECT 1 FROM sessions WHERE tenant_id = $1 AND session_id = $2",
+                tenant_id,
+                session_id,
+            )
+            if exists is None:
+                raise NotFound(f"session {session_id!r} not found")
+            raise renew_refused(session_id, owner, epoch)
+
+        await run(self._pool, "renew session lease", q, transaction=False)
+
+    async def release_lease(self, tenant_id: str, session_id: str, owner: str, epoch: int) -> None:
+        check_owner(owner)
+        check_epoch(epoch)
+
+        async def q(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"UPDATE sessions SET {_END_LEASE}"
+                " WHERE tenant_id = $1 AND session_id = $2 AND lease_owner = $3 AND epoch = $4",
+                tenant_id,
+                session_id,
+                owner,
+                epoch,
+            )
+
+        await run(self._pool, "release session lease", q, transaction=False)
+
+    async def update_fenced(
+        self, tenant_id: str, session_id: str, epoch: int, changes: SessionChanges
+    ) -> SessionRecord:
+        check_epoch(epoch)
+        ch = check_changes(changes)
+
+        async def q(conn: asyncpg.Connection) -> SessionRecord:
+            # The row lock orders this against takeovers, deletion and
+            # snapshot commits: the checks below hold until we commit.
+            cur = await conn.fetchrow(
+                "SELECT state, epoch FROM sessions WHERE tenant_id = $1 AND session_id = $2"
+                " FOR UPDATE",
+                tenant_id,
+                session_id,
+            )
+            if cur is None:
+                raise NotFound(f"session {session_id!r} not found")
+            refuse_fenced(session_id, SessionState(cur["state"]), cur["epoch"], epoch, ch.state)
+            row = await conn.fetchrow(
+                _UPDATE_FENCED,
+                tenant_id,
+                session_id,
+                None if ch.state is None else ch.state.value,
+                ch.sandbox_id,
+                ch.sandbox_cwd,
+                ch.sdk_session_id,
+                ch.project_key,
+                ch.latest_snapshot_id,
+                ch.add_turns,
+                ch.touch,
+            )
+            return _session(row)
+
+        return await run(self._pool, "update session (fenced)", q)
+
+    async def claim_idle(
+        self, owner: str, idle_seconds: float, ttl: float, limit: int
+    ) -> builtins.list[SessionRecord]:
+        check_owner(owner)
+        idle = check_seconds("idle_seconds", idle_seconds, allow_zero=True)
+        secs = check_seconds("ttl", ttl, allow_zero=False)
+        n = check_limit(limit)
+
+        async def q(conn: asyncpg.Connection) -> builtins.list[asyncpg.Record]:
+            rows: builtins.list[asyncpg.Record] = await conn.fetch(
+                _CLAIM_IDLE, owner, secs, idle, n
+            )
+            return rows
+
+        rows = await run(self._pool, "claim idle sessions", q, transaction=False)
+        claimed = [_session(r) for r in rows]
+        claimed.sort(key=lambda r: (r.last_active_at, r.tenant_id, r.session_id))
+        return claimed
+
+    async def list_leased_by(self, owner: str) -> builtins.list[SessionRecord]:
+        check_owner(owner)
+
+        async def q(conn: asyncpg.Connection) -> builtins.list[asyncpg.Record]:
+            rows: builtins.list[asyncpg.Record] = await conn.fetch(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE lease_owner = $1"
+                " AND lease_expires_at > now() AND state <> 'deleted'"
+                " ORDER BY tenant_id, session_id",
+                owner,
+            )
+            return rows
+
+        rows = await run(self._pool, "list leased sessions", q, transaction=False)
+        return [_session(r) for r in rows]
+
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
         async def q(conn: asyncpg.Connection) -> SessionRecord:
             row = await conn.fetchrow(
-                "UPDATE sessions SET state = 'deleted', epoch = epoch + 1, updated_at = now()"
+                "UPDATE sessions SET state = 'deleted', epoch = epoch + 1, updated_at = now(),"
+                f" {_END_LEASE}"
                 " WHERE tenant_id = $1 AND session_id = $2 AND state <> 'deleted'"
                 f" RETURNING {_SESSION_COLUMNS}",
                 tenant_id,

@@ -22,6 +22,12 @@ COMMIT):
 
 A batch that inserts nothing is rolled back, so pure retries leave mtime,
 seq and summary untouched. Seqs may have gaps; only their order matters.
+
+Entries reference their key through the surrogate ``key_id``, so moving a
+session to another project key (:meth:`PgTranscriptTable.move_session`)
+rewrites only its few ``transcript_keys`` rows and its summary, never its
+entries, and every entry keeps its seq (positions pinned by snapshots stay
+valid).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
-from sessiond.client.errors import NotFound
+from sessiond.client.errors import AlreadyExists, NotFound
 
 from .metadata_common import (
     check_id,
@@ -128,6 +134,36 @@ WITH e AS (
     WHERE $5 AND tenant_id = $2 AND project_key = $3 AND session_id = $4
 )
 DELETE FROM transcript_keys WHERE key_id = ANY($1::bigint[])
+"""
+
+
+# Moves exactly the key rows locked by _LOCK_SESSION_KEYS (entries follow
+# through key_id). The summary goes only with a locked main key, as in
+# _DELETE_KEYS. A key already under the target fails the unique constraint.
+_MOVE_KEYS = """
+WITH s AS (
+    UPDATE transcript_summaries SET project_key = $4
+    WHERE $6 AND tenant_id = $2 AND project_key = $3 AND session_id = $5
+)
+UPDATE transcript_keys SET project_key = $4 WHERE key_id = ANY($1::bigint[])
+"""
+
+_POSITION = """
+SELECT e.seq
+FROM transcript_keys k JOIN transcript_entries e ON e.key_id = k.key_id
+WHERE k.tenant_id = $1 AND k.project_key = $2 AND k.session_id = $3 AND k.subpath = $4
+  AND e.uuid = $5
+"""
+
+# One statement, so both subqueries read the same snapshot; each is a short
+# backward scan of the (key_id, seq) primary key.
+_LAST_POSITION = """
+SELECT
+    (SELECT e.uuid FROM transcript_entries e
+     WHERE e.key_id = k.key_id AND e.uuid IS NOT NULL ORDER BY e.seq DESC LIMIT 1) AS uuid,
+    (SELECT max(e.seq) FROM transcript_entries e WHERE e.key_id = k.key_id) AS seq
+FROM transcript_keys k
+WHERE k.tenant_id = $1 AND k.project_key = $2 AND k.session_id = $3 AND k.subpath = $4
 """
 
 
@@ -294,3 +330,79 @@ class PgTranscriptTable:
 
         rows = await run(self._pool, "list transcript subkeys", q, transaction=False)
         return [r["subpath"] for r in rows]
+
+    async def move_session(
+        self, tenant_id: str, session_id: str, from_project: str, to_project: str
+    ) -> None:
+        check_id("session_id", session_id)
+        check_id("project_key", from_project)
+        check_id("project_key", to_project)
+        if from_project == to_project:
+            return
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            # Locking the source rows waits for appends in flight to them (and
+            # their summary folds); appends that come later wait for us and
+            # then land under the key they name.
+            rows = await conn.fetch(_LOCK_SESSION_KEYS, tenant_id, from_project, session_id)
+            if not rows:
+                return
+            taken = await conn.fetchval(
+                "SELECT 1 FROM transcript_keys"
+                " WHERE tenant_id = $1 AND project_key = $2 AND session_id = $3 LIMIT 1",
+                tenant_id,
+                to_project,
+                session_id,
+            )
+            if taken is not None:
+                raise _already_moved(session_id, to_project)
+            has_main = any(r["subpath"] == "" for r in rows)
+            try:
+                await conn.execute(
+                    _MOVE_KEYS,
+                    [r["key_id"] for r in rows],
+                    tenant_id,
+                    from_project,
+                    to_project,
+                    session_id,
+                    has_main,
+                )
+            except asyncpg.UniqueViolationError as exc:  # a key created there meanwhile
+                raise _already_moved(session_id, to_project) from exc
+
+        await run(self._pool, "move transcript", tx)
+
+    async def position(self, tenant_id: str, key: TranscriptKey, uuid: str) -> int:
+        check_key(key)
+        check_id("uuid", uuid)
+
+        async def q(conn: asyncpg.Connection) -> int | None:
+            seq: int | None = await conn.fetchval(
+                _POSITION, tenant_id, key.project_key, key.session_id, key.subpath, uuid
+            )
+            return seq
+
+        seq = await run(self._pool, "transcript position", q, transaction=False)
+        if seq is None:
+            raise NotFound(f"no entry {uuid!r} in transcript {describe_key(key)}")
+        return seq
+
+    async def last_position(self, tenant_id: str, key: TranscriptKey) -> tuple[str | None, int]:
+        check_key(key)
+
+        async def q(conn: asyncpg.Connection) -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                _LAST_POSITION, tenant_id, key.project_key, key.session_id, key.subpath
+            )
+            return row
+
+        row = await run(self._pool, "last transcript position", q, transaction=False)
+        if row is None or row["seq"] is None:
+            return None, 0
+        return row["uuid"], row["seq"]
+
+
+def _already_moved(session_id: str, to_project: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"project {to_project!r} already holds transcripts of session {session_id!r}"
+    )

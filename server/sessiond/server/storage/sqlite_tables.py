@@ -1,5 +1,6 @@
-"""Tenants, sessions and transcripts on SQLite (see :mod:`.metadata` for the
-contracts, :mod:`.sqlite_meta` for the threading model).
+"""Transcripts on SQLite: the storage behind the SDK ``SessionStore`` (see
+:mod:`.metadata` for the contracts, :mod:`.sqlite_meta` for the threading
+model). Tenants and sessions live in :mod:`.sqlite_sessions`.
 
 Every method body below is a plain function run as ONE transaction in the
 database thread; it may read, decide in Python and write without races,
@@ -11,387 +12,36 @@ from __future__ import annotations
 
 import builtins
 import json
-import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sessiond.client.errors import AlreadyExists, FailedPrecondition, NotFound
+from sessiond.client.errors import AlreadyExists, NotFound
 
 from .metadata_common import (
     check_id,
     check_key,
-    check_label_changes,
-    check_labels,
     check_page_size,
-    decode_page_token,
     dedupe_batch,
     describe_key,
     dumps,
-    encode_page_token,
     fold_summary,
-    from_micros,
-    list_fingerprint,
-    micros,
 )
 from .records import (
-    ApiKeyRecord,
     AppendResult,
-    NewSession,
-    Page,
-    SessionRecord,
-    SessionState,
-    Tenant,
     TranscriptEntry,
     TranscriptKey,
     TranscriptSession,
     TranscriptSummary,
 )
 
+# Re-exported: sqlite_meta imports every SQLite table from here.
+from .sqlite_sessions import Clock, is_fk_violation
+from .sqlite_sessions import SqliteSessionTable as SqliteSessionTable
+from .sqlite_sessions import SqliteTenantTable as SqliteTenantTable
+
 if TYPE_CHECKING:
     from .sqlite_meta import SqliteDb
-
-Clock = Callable[[], int]
-
-_TENANT_COLUMNS = "tenant_id, name, chunk_key, created_at, disabled"
-_SESSION_COLUMNS = (
-    "tenant_id, session_id, state, labels, agent_options, snapshot_policy, sdk_session_id,"
-    " latest_snapshot_id, forked_from, sandbox_id, sandbox_cwd, turn_count, epoch,"
-    " created_at, updated_at, last_active_at"
-)
-
-
-def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
-    return "UNIQUE constraint failed" in str(exc) or "PRIMARY KEY" in str(exc)
-
-
-def _is_fk_violation(exc: sqlite3.IntegrityError) -> bool:
-    return "FOREIGN KEY constraint failed" in str(exc)
-
-
-def _tenant(row: Any) -> Tenant:
-    return Tenant(
-        tenant_id=row[0],
-        name=row[1],
-        chunk_key=bytes(row[2]),
-        created_at=from_micros(row[3]),
-        disabled=bool(row[4]),
-    )
-
-
-_KEY_COLUMNS = "key_id, tenant_id, secret_hash, created_at, expires_at, revoked_at"
-
-
-def _api_key(row: Any) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        key_id=row[0],
-        tenant_id=row[1],
-        secret_hash=bytes(row[2]),
-        created_at=from_micros(row[3]),
-        expires_at=None if row[4] is None else from_micros(row[4]),
-        revoked_at=None if row[5] is None else from_micros(row[5]),
-    )
-
-
-def _session(row: Any) -> SessionRecord:
-    return SessionRecord(
-        tenant_id=row[0],
-        session_id=row[1],
-        state=SessionState(row[2]),
-        labels=json.loads(row[3]),
-        agent_options=json.loads(row[4]),
-        snapshot_policy=json.loads(row[5]),
-        sdk_session_id=row[6],
-        latest_snapshot_id=row[7],
-        forked_from=row[8],
-        sandbox_id=row[9],
-        sandbox_cwd=row[10],
-        turn_count=row[11],
-        epoch=row[12],
-        created_at=from_micros(row[13]),
-        updated_at=from_micros(row[14]),
-        last_active_at=from_micros(row[15]),
-    )
-
-
-class SqliteTenantTable:
-    def __init__(self, db: SqliteDb, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
-
-    async def create(self, tenant_id: str, name: str) -> Tenant:
-        check_id("tenant_id", tenant_id)
-        key = secrets.token_bytes(32)
-
-        def tx(conn: sqlite3.Connection) -> Tenant:
-            try:
-                row = conn.execute(
-                    "INSERT INTO tenants (tenant_id, name, chunk_key, created_at)"
-                    f" VALUES (?, ?, ?, ?) RETURNING {_TENANT_COLUMNS}",
-                    (tenant_id, name, key, self._clock()),
-                ).fetchone()
-            except sqlite3.IntegrityError as exc:
-                if _is_unique_violation(exc):
-                    raise AlreadyExists(f"tenant {tenant_id!r} already exists") from exc
-                raise
-            return _tenant(row)
-
-        return await self._db.call("create tenant", tx)
-
-    async def ensure(self, tenant_id: str, name: str) -> Tenant:
-        check_id("tenant_id", tenant_id)
-        key = secrets.token_bytes(32)
-
-        def tx(conn: sqlite3.Connection) -> Tenant:
-            conn.execute(
-                "INSERT INTO tenants (tenant_id, name, chunk_key, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (tenant_id) DO NOTHING",
-                (tenant_id, name, key, self._clock()),
-            )
-            row = conn.execute(
-                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ?", (tenant_id,)
-            ).fetchone()
-            return _tenant(row)
-
-        return await self._db.call("ensure tenant", tx)
-
-    async def get(self, tenant_id: str) -> Tenant:
-        def tx(conn: sqlite3.Connection) -> Tenant:
-            row = conn.execute(
-                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ?", (tenant_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"tenant {tenant_id!r} not found")
-            return _tenant(row)
-
-        return await self._db.call("get tenant", tx, write=False)
-
-    async def add_api_key(
-        self, tenant_id: str, key_id: str, secret_hash: bytes, expires_at: datetime | None
-    ) -> ApiKeyRecord:
-        check_id("key_id", key_id)
-        expires = None if expires_at is None else micros(expires_at)
-
-        def tx(conn: sqlite3.Connection) -> ApiKeyRecord:
-            try:
-                row = conn.execute(
-                    "INSERT INTO api_keys (key_id, tenant_id, secret_hash, created_at, expires_at)"
-                    f" VALUES (?, ?, ?, ?, ?) RETURNING {_KEY_COLUMNS}",
-                    (key_id, tenant_id, secret_hash, self._clock(), expires),
-                ).fetchone()
-            except sqlite3.IntegrityError as exc:
-                if _is_fk_violation(exc):
-                    raise NotFound(f"tenant {tenant_id!r} not found") from exc
-                if _is_unique_violation(exc):
-                    raise AlreadyExists(f"API key {key_id!r} already exists") from exc
-                raise
-            return _api_key(row)
-
-        return await self._db.call("add API key", tx)
-
-    async def get_api_key(self, key_id: str) -> ApiKeyRecord:
-        def tx(conn: sqlite3.Connection) -> ApiKeyRecord:
-            row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("API key not found")
-            return _api_key(row)
-
-        return await self._db.call("get API key", tx, write=False)
-
-    async def list_api_keys(self, tenant_id: str) -> builtins.list[ApiKeyRecord]:
-        def tx(conn: sqlite3.Connection) -> builtins.list[ApiKeyRecord]:
-            rows = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?"
-                " ORDER BY created_at, key_id",
-                (tenant_id,),
-            ).fetchall()
-            return [_api_key(r) for r in rows]
-
-        return await self._db.call("list API keys", tx, write=False)
-
-    async def revoke_api_key(self, tenant_id: str, key_id: str) -> ApiKeyRecord:
-        def tx(conn: sqlite3.Connection) -> ApiKeyRecord:
-            row = conn.execute(
-                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?)"
-                f" WHERE tenant_id = ? AND key_id = ? RETURNING {_KEY_COLUMNS}",
-                (self._clock(), tenant_id, key_id),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"tenant {tenant_id!r} has no API key {key_id!r}")
-            return _api_key(row)
-
-        return await self._db.call("revoke API key", tx)
-
-
-class SqliteSessionTable:
-    def __init__(self, db: SqliteDb, clock: Clock) -> None:
-        self._db = db
-        self._clock = clock
-
-    async def create(self, new: NewSession) -> SessionRecord:
-        check_id("tenant_id", new.tenant_id)
-        check_id("session_id", new.session_id)
-        labels = check_labels(new.labels)
-        values = (
-            new.tenant_id,
-            new.session_id,
-            dumps(labels),
-            dumps(new.agent_options),
-            dumps(new.snapshot_policy),
-            new.forked_from,
-        )
-
-        def tx(conn: sqlite3.Connection) -> SessionRecord:
-            now = self._clock()
-            try:
-                row = conn.execute(
-                    "INSERT INTO sessions (tenant_id, session_id, state, labels, agent_options,"
-                    " snapshot_policy, forked_from, created_at, updated_at, last_active_at)"
-                    " VALUES (?, ?, 'new', ?, ?, ?, ?, ?, ?, ?)"
-                    f" RETURNING {_SESSION_COLUMNS}",
-                    (*values, now, now, now),
-                ).fetchone()
-            except sqlite3.IntegrityError as exc:
-                if _is_unique_violation(exc):
-                    raise AlreadyExists(f"session {new.session_id!r} already exists") from exc
-                if _is_fk_violation(exc):
-                    raise NotFound(f"tenant {new.tenant_id!r} not found") from exc
-                raise
-            return _session(row)
-
-        return await self._db.call("create session", tx)
-
-    async def get(self, tenant_id: str, session_id: str) -> SessionRecord:
-        def tx(conn: sqlite3.Connection) -> SessionRecord:
-            row = _get_session(conn, tenant_id, session_id)
-            if row is None:
-                raise NotFound(f"session {session_id!r} not found")
-            return _session(row)
-
-        return await self._db.call("get session", tx, write=False)
-
-    async def list(
-        self,
-        tenant_id: str,
-        *,
-        labels: Mapping[str, str] | None = None,
-        page_size: int = 100,
-        page_token: str = "",
-        include_deleted: bool = False,
-    ) -> Page[SessionRecord]:
-        size = check_page_size(page_size)
-        labels = check_labels(labels)
-        fingerprint = list_fingerprint(tenant_id, labels, include_deleted)
-        cursor = decode_page_token(page_token, fingerprint)
-        where = ["tenant_id = ?"]
-        args: builtins.list[Any] = [tenant_id]
-        for k, v in labels.items():
-            # json_each instead of a JSON path: any key is matched literally.
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(sessions.labels) AS l"
-                " WHERE l.key = ? AND l.type = 'text' AND l.value = ?)"
-            )
-            args += [k, v]
-        if not include_deleted:
-            where.append("state <> 'deleted'")
-        if cursor is not None:
-            where.append("(created_at, session_id) < (?, ?)")
-            args += [cursor[0], cursor[1]]
-        sql = (
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, session_id DESC LIMIT ?"
-        )
-        args.append(size + 1)
-
-        def tx(conn: sqlite3.Connection) -> builtins.list[Any]:
-            return conn.execute(sql, args).fetchall()
-
-        rows = await self._db.call("list sessions", tx, write=False)
-        items = [_session(r) for r in rows[:size]]
-        token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            token = encode_page_token(fingerprint, last[13], last[1])
-        return Page(items=items, next_token=token)
-
-    async def update(
-        self,
-        tenant_id: str,
-        session_id: str,
-        *,
-        set_labels: Mapping[str, str] | None = None,
-        remove_labels: Sequence[str] = (),
-        agent_options: dict[str, Any] | None = None,
-        snapshot_policy: dict[str, Any] | None = None,
-    ) -> SessionRecord:
-        set_labels = check_labels(set_labels)
-        check_label_changes(set_labels, remove_labels)
-        removed = builtins.list(remove_labels)
-        options = None if agent_options is None else dumps(agent_options)
-        policy = None if snapshot_policy is None else dumps(snapshot_policy)
-
-        def tx(conn: sqlite3.Connection) -> SessionRecord:
-            row = _get_session(conn, tenant_id, session_id)
-            if row is None:
-                raise NotFound(f"session {session_id!r} not found")
-            if row[2] == SessionState.DELETED:
-                raise FailedPrecondition(f"session {session_id!r} is deleted")
-            labels: dict[str, str] = json.loads(row[3])
-            for k in removed:
-                labels.pop(k, None)
-            labels.update(set_labels)
-            updated = conn.execute(
-                "UPDATE sessions SET labels = ?, agent_options = COALESCE(?, agent_options),"
-                " snapshot_policy = COALESCE(?, snapshot_policy), updated_at = ?"
-                f" WHERE tenant_id = ? AND session_id = ? RETURNING {_SESSION_COLUMNS}",
-                (dumps(labels), options, policy, self._clock(), tenant_id, session_id),
-            ).fetchone()
-            return _session(updated)
-
-        return await self._db.call("update session", tx)
-
-    async def bump_epoch(self, tenant_id: str, session_id: str) -> SessionRecord:
-        def tx(conn: sqlite3.Connection) -> SessionRecord:
-            row = conn.execute(
-                "UPDATE sessions SET epoch = epoch + 1, updated_at = ?"
-                " WHERE tenant_id = ? AND session_id = ? AND state <> 'deleted'"
-                f" RETURNING {_SESSION_COLUMNS}",
-                (self._clock(), tenant_id, session_id),
-            ).fetchone()
-            if row is not None:
-                return _session(row)
-            if _get_session(conn, tenant_id, session_id) is not None:
-                raise FailedPrecondition(f"session {session_id!r} is deleted")
-            raise NotFound(f"session {session_id!r} not found")
-
-        return await self._db.call("bump session epoch", tx)
-
-    async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
-        def tx(conn: sqlite3.Connection) -> SessionRecord:
-            row = conn.execute(
-                "UPDATE sessions SET state = 'deleted', epoch = epoch + 1, updated_at = ?"
-                " WHERE tenant_id = ? AND session_id = ? AND state <> 'deleted'"
-                f" RETURNING {_SESSION_COLUMNS}",
-                (self._clock(), tenant_id, session_id),
-            ).fetchone()
-            if row is None:
-                # Already deleted (a no-op: the epoch was bumped then) or absent.
-                row = _get_session(conn, tenant_id, session_id)
-            if row is None:
-                raise NotFound(f"session {session_id!r} not found")
-            return _session(row)
-
-        return await self._db.call("delete session", tx)
-
-
-def _get_session(conn: sqlite3.Connection, tenant_id: str, session_id: str) -> Any:
-    return conn.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE tenant_id = ? AND session_id = ?",
-        (tenant_id, session_id),
-    ).fetchone()
 
 
 class SqliteTranscriptTable:
@@ -440,7 +90,7 @@ class SqliteTranscriptTable:
                     ident,
                 ).fetchone()[0]
             except sqlite3.IntegrityError as exc:
-                if _is_fk_violation(exc):
+                if is_fk_violation(exc):
                     raise NotFound(f"tenant {tenant_id!r} not found") from exc
                 raise
             seq, prev_mtime = 0, 0
@@ -583,3 +233,83 @@ class SqliteTranscriptTable:
 
         rows = await self._db.call("list transcript subkeys", tx, write=False)
         return [r[0] for r in rows]
+
+    async def move_session(
+        self, tenant_id: str, session_id: str, from_project: str, to_project: str
+    ) -> None:
+        check_id("session_id", session_id)
+        check_id("project_key", from_project)
+        check_id("project_key", to_project)
+        if from_project == to_project:
+            return
+
+        def tx(conn: sqlite3.Connection) -> None:
+            # Entries follow through key_id: only the key rows and the
+            # summary change, and every entry keeps its seq.
+            ident = (tenant_id, from_project, session_id)
+            if not conn.execute(
+                "SELECT 1 FROM transcript_keys"
+                " WHERE tenant_id = ? AND project_key = ? AND session_id = ? LIMIT 1",
+                ident,
+            ).fetchone():
+                return
+            if conn.execute(
+                "SELECT 1 FROM transcript_keys"
+                " WHERE tenant_id = ? AND project_key = ? AND session_id = ? LIMIT 1",
+                (tenant_id, to_project, session_id),
+            ).fetchone():
+                raise _already_moved(session_id, to_project)
+            # No key can appear under the target between that check and
+            # these updates: this is the only writer (BEGIN IMMEDIATE).
+            for table in ("transcript_keys", "transcript_summaries"):
+                conn.execute(
+                    f"UPDATE {table} SET project_key = ?"
+                    " WHERE tenant_id = ? AND project_key = ? AND session_id = ?",
+                    (to_project, *ident),
+                )
+
+        await self._db.call("move transcript", tx)
+
+    async def position(self, tenant_id: str, key: TranscriptKey, uuid: str) -> int:
+        check_key(key)
+        check_id("uuid", uuid)
+
+        def tx(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                "SELECT e.seq"
+                " FROM transcript_keys k JOIN transcript_entries e ON e.key_id = k.key_id"
+                " WHERE k.tenant_id = ? AND k.project_key = ? AND k.session_id = ?"
+                " AND k.subpath = ? AND e.uuid = ?",
+                (tenant_id, key.project_key, key.session_id, key.subpath, uuid),
+            ).fetchone()
+
+        row = await self._db.call("transcript position", tx, write=False)
+        if row is None:
+            raise NotFound(f"no entry {uuid!r} in transcript {describe_key(key)}")
+        seq: int = row[0]
+        return seq
+
+    async def last_position(self, tenant_id: str, key: TranscriptKey) -> tuple[str | None, int]:
+        check_key(key)
+
+        def tx(conn: sqlite3.Connection) -> Any:
+            return conn.execute(
+                "SELECT"
+                " (SELECT e.uuid FROM transcript_entries e WHERE e.key_id = k.key_id"
+                " AND e.uuid IS NOT NULL ORDER BY e.seq DESC LIMIT 1),"
+                " (SELECT max(e.seq) FROM transcript_entries e WHERE e.key_id = k.key_id)"
+                " FROM transcript_keys k WHERE k.tenant_id = ? AND k.project_key = ?"
+                " AND k.session_id = ? AND k.subpath = ?",
+                (tenant_id, key.project_key, key.session_id, key.subpath),
+            ).fetchone()
+
+        row = await self._db.call("last transcript position", tx, write=False)
+        if row is None or row[1] is None:
+            return None, 0
+        return row[0], row[1]
+
+
+def _already_moved(session_id: str, to_project: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"project {to_project!r} already holds transcripts of session {session_id!r}"
+    )
