@@ -703,7 +703,7 @@ async def test_list_edge_cases(store: MetadataStore) -> None:
 
 async def test_covering(store: MetadataStore) -> None:
     with pytest.raises(NotFound):
-        await store.snapshots.covering(T1, S1, 100)
+        await store.snapshots.covering(T1, S1, 1)
     for sid, seq in [("a5", 5), ("b10", 10), ("c10", 10), ("d20", 20)]:
         await store.snapshots.commit(snap(sid, seq=seq), expected_epoch=0)
 
@@ -711,26 +711,26 @@ async def test_covering(store: MetadataStore) -> None:
         return (await store.snapshots.covering(T1, S1, seq)).snapshot_id
 
     with pytest.raises(NotFound):
-        await at(4)
+        await at(21)
     with pytest.raises(NotFound):
-        await store.snapshots.covering(T2, S1, 100)
+        await store.snapshots.covering(T2, S1, 1)
+    assert await at(0) == "a5"
     assert await at(5) == "a5"
-    assert await at(9) == "a5"
-    assert await at(10) == "c10"  # the newest of the two at seq 10
-    assert await at(19) == "c10"
+    assert await at(6) == "c10"  # the newest of the two at seq 10
+    assert await at(10) == "c10"
+    assert await at(11) == "d20"
     assert await at(20) == "d20"
-    assert await at(10**30) == "d20"
     with pytest.raises(InvalidArgument):
         await at(-1)
 
 
-async def test_covering_prefers_the_nearest_position(store: MetadataStore) -> None:
+async def test_covering_is_the_first_snapshot_after_the_message(store: MetadataStore) -> None:
     # A snapshot committed later but pinned to an earlier message (a restore
-    # of an old state) does not cover messages after a later-pinned one.
+    # of an old state) covers the messages up to its own position.
     await store.snapshots.commit(snap("late-pos", seq=50), expected_epoch=0)
     await store.snapshots.commit(snap("early-pos", seq=10), expected_epoch=0)
-    assert (await store.snapshots.covering(T1, S1, 60)).snapshot_id == "late-pos"
-    assert (await store.snapshots.covering(T1, S1, 20)).snapshot_id == "early-pos"
+    assert (await store.snapshots.covering(T1, S1, 20)).snapshot_id == "late-pos"
+    assert (await store.snapshots.covering(T1, S1, 8)).snapshot_id == "early-pos"
     assert await latest(store) == "early-pos"
 
 

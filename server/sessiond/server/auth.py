@@ -10,7 +10,7 @@ from sessiond.client.errors import NotFound, PermissionDenied, Unauthenticated
 from . import sandbox_tokens
 from .apikeys import parse_token, secret_matches
 from .identity import Identity
-from .interceptors import Metadata
+from .interceptors import Authenticator, Metadata
 from .storage.metadata import MetadataStore
 from .storage.records import ApiKeyRecord
 
@@ -98,7 +98,7 @@ class SandboxTokenAuth:
     the hydrator's RPCs (``PermissionDenied`` for any other method).
     """
 
-    def __init__(self, key: bytes, fallback: AnonymousAuth | ApiKeyAuth) -> None:
+    def __init__(self, key: bytes, fallback: Authenticator) -> None:
         self._key = key
         self._fallback = fallback
 

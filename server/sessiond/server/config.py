@@ -27,6 +27,16 @@ class ServerConfig:
     drain_seconds: float = 30.0
     # Seconds between health probes of the stores.
     health_interval: float = 2.0
+    # "local", "docker[:IMAGE]" or "e2b://?…" (see sandboxes/registry.py).
+    sandbox_provider: str = "local"
+    # gRPC target sandboxes use to reach the server; "" = the bound address.
+    # May list several replicas: "ipv4:10.0.0.1:50051,10.0.0.2:50051".
+    advertise_address: str = ""
+    # Seconds a session lease lasts without renewal (a dead replica's
+    # sessions are taken over after this).
+    lease_ttl: float = 30.0
+    # Glob patterns of server environment variables passed into sandboxes.
+    env_allowlist: tuple[str, ...] = ("ANTHROPIC_*", "CLAUDE_CODE_*")
     extra: dict[str, str] = field(default_factory=dict)
 
     @staticmethod

@@ -83,8 +83,10 @@ class LeaseManager:
         key = (tenant_id, session_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            lease = await self._acquire(tenant_id, session_id) if record is None else Lease(
-                tenant_id, session_id, self.owner, record, None, self._meta
+            lease = (
+                await self._acquire(tenant_id, session_id)
+                if record is None
+                else Lease(tenant_id, session_id, self.owner, record, None, self._meta)
             )
             renewer = asyncio.create_task(self._renew(lease), name=f"lease-{session_id}")
             try:

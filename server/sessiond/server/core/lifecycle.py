@@ -14,7 +14,7 @@ server with a scoped sandbox token.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -78,8 +78,15 @@ class Lifecycle:
         self._meta = meta
         self._provider = provider
         self._leases = leases
+        self.leases = leases
         self._token_key = token_key
         self.config = config
+
+    def configure(self, *, token_key: bytes, server_address: str) -> None:
+        """Set what is only known once the server is bound and the database
+        read: the sandbox-token key and the address sandboxes dial."""
+        self._token_key = token_key
+        self.config = dataclasses.replace(self.config, server_address=server_address)
 
     # -- helpers -------------------------------------------------------------
 
@@ -188,9 +195,7 @@ class Lifecycle:
         except BaseException as exc:
             await self._destroy_quietly(info.sandbox_id)
             if not lease.lost.is_set():
-                await lease.update(
-                    SessionChanges(state=fallback, sandbox_id="", sandbox_cwd="")
-                )
+                await lease.update(SessionChanges(state=fallback, sandbox_id="", sandbox_cwd=""))
             if isinstance(exc, SessiondError | OSError):
                 raise Unavailable(f"hydrating session {record.session_id} failed: {exc}") from exc
             raise
@@ -216,11 +221,9 @@ class Lifecycle:
             info.config_dir,
             "--epoch",
             str(lease.epoch),
-            "--report",
-            "json",
+            "--progress",
+            "none",
         ]
-        if not record.latest_snapshot_id:
-            args.append("--empty")
         code, out, err = await self._hydrator(lease, args)
         if code != 0:
             raise Unavailable(f"restore exited with {code}: {_tail(err)}")
@@ -269,10 +272,14 @@ class Lifecycle:
         record = lease.record
         assert record.sandbox_id and record.sandbox_cwd and record.sdk_session_id
         options = {**record.agent_options, **{k: v for k, v in overrides.items() if v}}
-        _, seq = await self._meta.transcripts.last_position(
-            record.tenant_id,
-            TranscriptKey(record.project_key or "", record.sdk_session_id),
-        ) if record.project_key else (None, 0)
+        _, seq = (
+            await self._meta.transcripts.last_position(
+                record.tenant_id,
+                TranscriptKey(record.project_key or "", record.sdk_session_id),
+            )
+            if record.project_key
+            else (None, 0)
+        )
         args = [
             *self.config.hydrator_command,
             "run",
@@ -321,9 +328,7 @@ class Lifecycle:
                 code,
                 len(stderr),
             )
-            raise Unavailable(
-                f"the agent runner exited with code {code} before finishing the turn"
-            )
+            raise Unavailable(f"the agent runner exited with code {code} before finishing the turn")
 
     # -- snapshots / suspend -----------------------------------------------------
 
@@ -349,8 +354,8 @@ class Lifecycle:
             trigger,
             "--transcript-seq",
             str(seq),
-            "--report",
-            "json",
+            "--progress",
+            "none",
         ]
         if uuid_:
             args += ["--transcript-uuid", uuid_]
@@ -411,7 +416,9 @@ class Lifecycle:
 
     async def suspend_claimed(self, record: SessionRecord, trigger: str) -> None:
         """Suspend a session whose lease the caller already acquired."""
-        await self.suspend(record.tenant_id, record.session_id, trigger=trigger, lease_record=record)
+        await self.suspend(
+            record.tenant_id, record.session_id, trigger=trigger, lease_record=record
+        )
 
 
 def _parse_message(line: bytes) -> TurnEvent | None:

@@ -15,7 +15,7 @@ from sessiond.client.errors import FailedPrecondition
 
 from .. import validation
 from ..storage.metadata import MetadataStore
-from ..storage.records import NewSession, Page, SessionRecord, SessionState
+from ..storage.records import NewSession, Page, SessionRecord, SessionState, SnapshotRecord
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,19 @@ class Sessions:
         record = await self._meta.sessions.mark_deleted(tenant_id, session_id)
         log.info("session deleted tenant=%s session=%s", tenant_id, session_id)
         return record
+
+    async def snapshot(self, tenant_id: str, snapshot_id: str) -> SnapshotRecord:
+        return await self._meta.snapshots.get(tenant_id, snapshot_id)
+
+    async def snapshots(
+        self, tenant_id: str, session_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> Page[SnapshotRecord]:
+        return await self._meta.snapshots.list(
+            tenant_id,
+            validation.session_id(session_id),
+            page_size=validation.page_size(page_size),
+            page_token=page_token,
+        )
 
     async def require_live(self, tenant_id: str, session_id: str) -> SessionRecord:
         """The session, or ``FailedPrecondition`` if it was deleted."""

@@ -65,11 +65,18 @@ class Execution(Protocol):
 
     def events(self) -> AsyncIterator[ExecEvent]:
         """Output as it is produced, in order per stream; ends when the
-        command exits (after all output has been delivered)."""
+        command exits (after all output has been delivered). One consumer.
+        Implementations buffer a bounded amount: a consumer that stops
+        reading may stall the command or lose output, never fill memory.
+        Output of descendants that outlive the command may be cut off a few
+        seconds after it exits."""
         ...
 
     async def wait(self) -> int:
-        """The exit code (waits for exit)."""
+        """The exit code (waits for exit). A command killed by signal N
+        reports 128 + N (137 for SIGKILL), as shells and container runtimes
+        do: Docker cannot tell a death by signal from ``exit(128 + N)``, so
+        no provider reports anything else (e.g. ``subprocess``'s ``-N``)."""
         ...
 
     async def kill(self) -> None:
@@ -96,16 +103,25 @@ class SandboxProvider(Protocol):
         stdin: bytes | None = None,
     ) -> Execution:
         """Start ``argv`` (no shell) in the sandbox with the sandbox's env
-        plus ``env``, in ``cwd`` (default: the workdir). ``stdin`` is written
-        then closed. ``NotFound`` if the sandbox is gone."""
+        plus ``env`` (which wins), in ``cwd`` (default: the workdir). ``stdin``
+        is written then closed; ``None`` = end-of-file at once. ``NotFound``
+        if the sandbox is gone; ``InvalidArgument`` for an empty ``argv`` or
+        a ``cwd`` that is not an absolute directory in the sandbox. A command
+        that cannot be started is not an error: it reports exit code 127 (not
+        found) or 126 (not executable), as a shell would."""
         ...
 
     async def put_file(self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Write a file (absolute path inside the sandbox), creating parents."""
+        """Write a file, creating parents; an existing file is replaced.
+        ``path`` must be absolute, inside the sandbox and free of ``..``
+        components (``InvalidArgument``), as for :meth:`get_file`. The
+        sandbox's commands may read and modify the file."""
         ...
 
     async def get_file(self, sandbox_id: str, path: str) -> bytes:
-        """Read a file; ``NotFound`` if it or the sandbox does not exist."""
+        """Read a file; ``NotFound`` if it or the sandbox does not exist;
+        ``InvalidArgument`` for a path that is relative, has a ``..``
+        component or leads outside the sandbox, or for a non-regular file."""
         ...
 
     async def kill_all(self, sandbox_id: str) -> None:

@@ -7,20 +7,34 @@ from collections.abc import AsyncIterator
 from grpc.aio import ServicerContext
 
 from sessiond.api.v1 import common_pb2, sessions_pb2, sessions_pb2_grpc
-from sessiond.client.errors import Unimplemented
+from sessiond.client.errors import InvalidArgument, Unimplemented
 
+from .. import validation
+from ..core.branching import Branching
+from ..core.lifecycle import Lifecycle
 from ..core.sessions import Sessions
 from ..identity import current_identity, log_field
-from .convert import message_to_dict, session_to_pb
+from .convert import message_to_dict, session_to_pb, snapshot_to_pb
 
 
 def _not_yet(rpc: str) -> Unimplemented:
     return Unimplemented(f"SessionService.{rpc} is not implemented by this sessiond version yet")
 
 
+_PHASES = {
+    "queued": sessions_pb2.QueryStatus.PHASE_QUEUED,
+    "hydrating": sessions_pb2.QueryStatus.PHASE_HYDRATING,
+    "running": sessions_pb2.QueryStatus.PHASE_RUNNING,
+    "snapshotting": sessions_pb2.QueryStatus.PHASE_SNAPSHOTTING,
+    "done": sessions_pb2.QueryStatus.PHASE_DONE,
+}
+
+
 class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, lifecycle: Lifecycle, branching: Branching) -> None:
         self._sessions = sessions
+        self._lifecycle = lifecycle
+        self._branching = branching
 
     async def CreateSession(
         self, request: sessions_pb2.CreateSessionRequest, context: ServicerContext
@@ -84,39 +98,112 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         self, request: sessions_pb2.DeleteSessionRequest, context: ServicerContext
     ) -> sessions_pb2.DeleteSessionResponse:
         log_field("session", request.session_id)
-        await self._sessions.delete(current_identity().tenant_id, request.session_id)
+        record = await self._sessions.delete(current_identity().tenant_id, request.session_id)
+        await self._lifecycle.destroy_sandbox(record)
         return sessions_pb2.DeleteSessionResponse()
 
     async def Query(
         self, request: sessions_pb2.QueryRequest, context: ServicerContext
     ) -> AsyncIterator[sessions_pb2.QueryEvent]:
-        raise _not_yet("Query")
-        yield sessions_pb2.QueryEvent()  # pragma: no cover - makes this a generator
+        ident = current_identity()
+        log_field("session", request.session_id)
+        validation.session_id(request.session_id)
+        if not request.prompt:
+            raise InvalidArgument("prompt is required")
+        messages = 0
+        async for event in self._lifecycle.query(
+            ident.tenant_id,
+            request.session_id,
+            request.prompt,
+            options=message_to_dict(request.agent_options),
+            snapshot_after=request.snapshot_after_turn,
+        ):
+            if event.phase:
+                yield sessions_pb2.QueryEvent(
+                    status=sessions_pb2.QueryStatus(
+                        phase=_PHASES[event.phase],
+                        detail=event.detail,
+                        snapshot_id=event.snapshot_id,
+                    )
+                )
+            else:
+                messages += 1
+                yield sessions_pb2.QueryEvent(
+                    message=sessions_pb2.SdkMessage(
+                        type=event.message_type,
+                        json=event.message_json,
+                        uuid=event.message_uuid,
+                    )
+                )
+        log_field("messages", messages)
 
     async def Suspend(
         self, request: sessions_pb2.SuspendRequest, context: ServicerContext
     ) -> sessions_pb2.SuspendResponse:
-        raise _not_yet("Suspend")
+        ident = current_identity()
+        log_field("session", request.session_id)
+        validation.session_id(request.session_id)
+        record, snapshot_id = await self._lifecycle.suspend(ident.tenant_id, request.session_id)
+        resp = sessions_pb2.SuspendResponse(session=session_to_pb(record))
+        if snapshot_id:
+            log_field("snapshot", snapshot_id)
+            snap = await self._sessions.snapshot(ident.tenant_id, snapshot_id)
+            resp.snapshot.CopyFrom(snapshot_to_pb(snap))
+        return resp
 
     async def Resume(
         self, request: sessions_pb2.ResumeRequest, context: ServicerContext
     ) -> common_pb2.Session:
-        raise _not_yet("Resume")
+        ident = current_identity()
+        log_field("session", request.session_id)
+        validation.session_id(request.session_id)
+        return session_to_pb(await self._lifecycle.resume(ident.tenant_id, request.session_id))
 
     async def Fork(
         self, request: sessions_pb2.ForkRequest, context: ServicerContext
     ) -> common_pb2.Session:
-        raise _not_yet("Fork")
+        ident = current_identity()
+        log_field("session", request.session_id)
+        validation.session_id(request.session_id)
+        record = await self._branching.fork(
+            ident.tenant_id,
+            request.session_id,
+            at_message_uuid=request.at_message_uuid,
+            labels=validation.labels(dict(request.labels)),
+        )
+        log_field("fork", record.session_id)
+        return session_to_pb(record)
 
     async def ListSnapshots(
         self, request: sessions_pb2.ListSnapshotsRequest, context: ServicerContext
     ) -> sessions_pb2.ListSnapshotsResponse:
-        raise _not_yet("ListSnapshots")
+        ident = current_identity()
+        log_field("session", request.session_id)
+        page = await self._sessions.snapshots(
+            ident.tenant_id,
+            request.session_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return sessions_pb2.ListSnapshotsResponse(
+            snapshots=[snapshot_to_pb(s) for s in page.items], next_page_token=page.next_token
+        )
 
     async def Restore(
         self, request: sessions_pb2.RestoreRequest, context: ServicerContext
     ) -> common_pb2.Session:
-        raise _not_yet("Restore")
+        ident = current_identity()
+        log_field("session", request.session_id)
+        validation.session_id(request.session_id)
+        record = await self._branching.restore(
+            ident.tenant_id,
+            request.session_id,
+            snapshot_id=request.snapshot_id,
+            message_uuid=request.message_uuid,
+            into_new_session=request.into_new_session,
+            labels=validation.labels(dict(request.labels)),
+        )
+        return session_to_pb(record)
 
     async def ExportSession(
         self, request: sessions_pb2.ExportSessionRequest, context: ServicerContext

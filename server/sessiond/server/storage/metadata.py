@@ -143,48 +143,90 @@ class SessionTable(Protocol):
         self, tenant_id: str, session_id: str, owner: str, ttl: float
     ) -> SessionRecord | None:
         """Lease the session to ``owner`` for ``ttl`` seconds of database time
-        if the lease is free, expired, or already ``owner``'s. When the owner
-        changes, the epoch is incremented (fencing the previous holder). Returns
-        the record — its ``epoch`` is what the holder presents to fenced calls —
-        or None if another owner holds a live lease. ``NotFound``;
-        ``FailedPrecondition`` if deleted."""
+        if the lease is free (never taken, released, or expired:
+        ``lease_expires_at <= now``) or already ``owner``'s — one atomic
+        step: of concurrent callers for a free lease exactly one wins.
+
+        When the owner changes the epoch is incremented (fencing every
+        earlier holder) and ``updated_at`` bumped; a released lease has no
+        owner, so taking it — even back — bumps too. ``owner`` re-acquiring
+        its own lease, live or expired but untaken, just moves the expiry
+        to ``now + ttl`` and keeps the epoch. Returns the record — its
+        ``epoch`` is what the holder presents to fenced calls — or None if
+        another owner holds a live lease. ``NotFound``;
+        ``FailedPrecondition`` if deleted; ``InvalidArgument`` for an empty
+        owner or a ``ttl`` that is not in (0 s, 1 year]."""
         ...
 
     async def renew_lease(
         self, tenant_id: str, session_id: str, owner: str, epoch: int, ttl: float
     ) -> None:
-        """Extend a held lease. ``Aborted`` if ``owner``/``epoch`` no longer
-        hold it (expired and taken over, or the session was deleted)."""
+        """Set the lease's expiry to ``now + ttl`` (database clock; a shorter
+        ``ttl`` than before shortens it). Succeeds as long as ``owner`` and
+        ``epoch`` still hold the lease — including one that expired but that
+        nobody took, which is thereby revived (no one else can have written
+        under a newer epoch). ``Aborted`` if they no longer hold it (taken
+        over, released, the epoch bumped, or the session deleted);
+        ``NotFound`` if the session does not exist. ``updated_at`` is not
+        touched."""
         ...
 
     async def release_lease(self, tenant_id: str, session_id: str, owner: str, epoch: int) -> None:
-        """Give the lease up (expire it now). A no-op if not held."""
+        """Give the lease up if ``owner`` and ``epoch`` hold it: the owner is
+        cleared and ``lease_expires_at`` becomes the time it ended (now, or
+        its earlier expiry). A no-op if not held, or if the session does not
+        exist, so it is safe to repeat."""
         ...
 
     async def update_fenced(
         self, tenant_id: str, session_id: str, epoch: int, changes: SessionChanges
     ) -> SessionRecord:
         """Apply ``changes`` atomically if the session's epoch is still
-        ``epoch`` (else ``Aborted``, nothing written); bumps ``updated_at``."""
+        ``epoch``, and bump ``updated_at``. The epoch is the fence: a live
+        lease is not required. Checked in this order, nothing written unless
+        all pass (the order of :meth:`SnapshotTable.commit`):
+
+        1. ``NotFound`` if the session does not exist;
+        2. ``FailedPrecondition`` if it is deleted;
+        3. ``Aborted`` unless its epoch equals ``epoch``;
+        4. ``FailedPrecondition`` naming both states if ``changes.state`` is
+           not a legal move (``session_common``): NEW→HYDRATING,
+           HYDRATING→ACTIVE|SUSPENDED|NEW (a failed hydrate falls back),
+           ACTIVE→SUSPENDING, SUSPENDING→SUSPENDED|ACTIVE (a failed suspend
+           keeps the sandbox), SUSPENDED→HYDRATING, or staying put. DELETED
+           is reached only through :meth:`mark_deleted`.
+
+        Text fields: None leaves, ``""`` clears (NULL), anything else sets
+        (not checked against other tables); ``add_turns`` is added to
+        ``turn_count``; ``touch`` sets ``last_active_at`` to the database
+        clock. ``InvalidArgument`` for text holding NUL, an unknown state,
+        or ``add_turns`` outside [0, 2^31)."""
         ...
 
     async def claim_idle(
         self, owner: str, idle_seconds: float, ttl: float, limit: int
     ) -> builtins.list[SessionRecord]:
-        """Across all tenants: lease to ``owner`` up to ``limit`` ACTIVE
-        sessions whose ``last_active_at`` is older than ``idle_seconds`` (database
-        clock) and whose lease is free or expired, skipping rows another
-        replica is claiming at the same moment (``FOR UPDATE SKIP LOCKED``).
-        Epochs are bumped as in :meth:`acquire_lease`."""
+        """Across all tenants: lease to ``owner`` for ``ttl`` seconds up to
+        ``limit`` (capped at 1000) ACTIVE sessions whose ``last_active_at``
+        is older than ``idle_seconds`` (database clock) and whose lease is
+        free or expired, least recently active first, skipping rows another
+        replica is claiming at the same moment (``FOR UPDATE SKIP LOCKED``):
+        concurrent claimers never get the same session. Epochs and
+        ``updated_at`` are bumped as in :meth:`acquire_lease`. Returns the
+        claimed records, least recently active first. ``InvalidArgument``
+        for an empty owner, ``idle_seconds`` outside [0, 1 year], ``ttl`` as
+        in :meth:`acquire_lease`, or ``limit`` < 1."""
         ...
 
     async def list_leased_by(self, owner: str) -> builtins.list[SessionRecord]:
-        """Sessions whose live lease ``owner`` holds (for shutdown)."""
+        """Sessions whose live lease ``owner`` holds (for shutdown), across
+        tenants, ordered by tenant then session id. Deleted sessions hold no
+        lease."""
         ...
 
     async def mark_deleted(self, tenant_id: str, session_id: str) -> SessionRecord:
-        """Move the session to DELETED and bump its epoch so any holder of a
-        lease on it is fenced. Idempotent: on an already deleted session it
+        """Move the session to DELETED, bump its epoch so any holder of a
+        lease on it is fenced, and end that lease. Idempotent: on an already deleted session it
         changes nothing (the epoch was bumped by the first call) and returns
         the record. ``NotFound`` if absent."""
         ...
@@ -245,13 +287,21 @@ class TranscriptTable(Protocol):
         """Re-key every transcript of the session (main, subpaths, summary)
         from one project key to another in one transaction — what a session
         needs when it resumes in a different cwd (the SDK loads under the
-        key of the current cwd). A no-op if the keys are equal or nothing is
-        stored under ``from_project``; ``AlreadyExists`` if ``to_project``
-        already holds this session."""
+        key of the current cwd). Entries keep their seqs, uuids (idempotency
+        carries over) and mtimes; only the keys and the summary change.
+        An append in flight to one of the session's keys commits first and
+        moves along; a later one (or the first append of a new subpath)
+        lands under ``from_project``, as addressed — move before resuming.
+        A no-op if the keys are equal or nothing is stored under
+        ``from_project``; ``AlreadyExists`` (nothing moved) if ``to_project``
+        already holds any key (main or subpath) of this session;
+        ``InvalidArgument`` for an empty session id or project key."""
         ...
 
     async def position(self, tenant_id: str, key: TranscriptKey, uuid: str) -> int:
-        """The seq of the entry with this uuid. ``NotFound`` if absent."""
+        """The seq of the entry with this uuid under this key: seqs grow in
+        append order (not necessarily by 1) and survive :meth:`move_session`.
+        ``NotFound`` if absent; ``InvalidArgument`` for an empty uuid."""
         ...
 
     async def last_position(self, tenant_id: str, key: TranscriptKey) -> tuple[str | None, int]:
@@ -369,12 +419,12 @@ class SnapshotTable(Protocol):
     async def covering(
         self, tenant_id: str, session_id: str, transcript_seq: int
     ) -> SnapshotRecord:
-        """The snapshot nearest at or before the given transcript position
-        (the workspace state as of that message): the greatest
-        ``transcript_seq`` at most ``transcript_seq``, the newest of those if
-        several share it. While a session's positions only grow this is
-        simply the newest snapshot at or before the position. ``NotFound``
-        if none (or no such session); ``InvalidArgument`` if negative."""
+        """The snapshot that covers the message at ``transcript_seq``: the
+        first one taken at or after it — the smallest ``transcript_seq`` that
+        is at least the given one, the newest of those if several share it.
+        With a snapshot after every turn that is the workspace as the turn
+        holding the message left it. ``NotFound`` if none (or no such
+        session); ``InvalidArgument`` if negative."""
         ...
 
 
@@ -387,6 +437,11 @@ class MetadataStore(Protocol):
 
     async def now(self) -> datetime:
         """The database clock (timezone-aware UTC)."""
+        ...
+
+    async def server_key(self, name: str) -> bytes:
+        """A secret shared by every replica (at least 32 random bytes), created
+        on first use; concurrent first callers all get the same key."""
         ...
 
     async def ping(self) -> None:

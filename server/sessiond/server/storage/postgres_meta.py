@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
@@ -100,6 +101,20 @@ class PostgresMetadataStore:
             return value
 
         return await run(self._pool, "read database clock", q, transaction=False)
+
+    async def server_key(self, name: str) -> bytes:
+        candidate = secrets.token_bytes(32)
+
+        async def q(conn: asyncpg.Connection) -> bytes:
+            # The first inserter wins; everyone reads the winner's key.
+            await conn.execute(
+                "INSERT INTO server_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                name,
+                candidate,
+            )
+            return bytes(await conn.fetchval("SELECT key FROM server_keys WHERE name = $1", name))
+
+        return await run(self._pool, "read server key", q, transaction=False)
 
     async def ping(self) -> None:
         async def q(conn: asyncpg.Connection) -> None:

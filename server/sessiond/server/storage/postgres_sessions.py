@@ -53,7 +53,6 @@ _SESSION_COLUMNS = (
     " created_at, updated_at, last_active_at, project_key, lease_owner, lease_expires_at"
 )
 
-
 _S_SESSION_COLUMNS = ", ".join("s." + c.strip() for c in _SESSION_COLUMNS.split(","))
 
 # Leases are judged on the database clock. now() is the statement's start:

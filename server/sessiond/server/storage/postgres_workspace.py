@@ -394,15 +394,15 @@ class PgSnapshotTable:
         async def q(conn: asyncpg.Connection) -> SnapshotRecord:
             row = await conn.fetchrow(
                 f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots"
-                " WHERE tenant_id = $1 AND session_id = $2 AND transcript_seq <= $3"
-                " ORDER BY transcript_seq DESC, created_at DESC, snapshot_id DESC LIMIT 1",
+                " WHERE tenant_id = $1 AND session_id = $2 AND transcript_seq >= $3"
+                " ORDER BY transcript_seq ASC, created_at DESC, snapshot_id DESC LIMIT 1",
                 tenant_id,
                 session_id,
                 seq,
             )
             if row is None:
                 raise NotFound(
-                    f"session {session_id!r} has no snapshot at or before"
+                    f"session {session_id!r} has no snapshot at or after"
                     f" transcript seq {transcript_seq}"
                 )
             return _snapshot(row)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -240,6 +241,20 @@ class SqliteMetadataStore:
 
     async def now(self) -> datetime:
         return from_micros(now_us())
+
+    async def server_key(self, name: str) -> bytes:
+        candidate = secrets.token_bytes(32)
+
+        def tx(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT INTO server_keys (name, key, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, candidate, now_us()),
+            )
+            row = conn.execute("SELECT key FROM server_keys WHERE name = ?", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self._db.call("read server key", tx)
 
     async def ping(self) -> None:
         def q(conn: sqlite3.Connection) -> None:

@@ -384,13 +384,13 @@ class SqliteSnapshotTable:
         def tx(conn: sqlite3.Connection) -> SnapshotRecord:
             row = conn.execute(
                 f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots"
-                " WHERE tenant_id = ? AND session_id = ? AND transcript_seq <= ?"
-                " ORDER BY transcript_seq DESC, created_at DESC, snapshot_id DESC LIMIT 1",
+                " WHERE tenant_id = ? AND session_id = ? AND transcript_seq >= ?"
+                " ORDER BY transcript_seq ASC, created_at DESC, snapshot_id DESC LIMIT 1",
                 (tenant_id, session_id, seq),
             ).fetchone()
             if row is None:
                 raise NotFound(
-                    f"session {session_id!r} has no snapshot at or before"
+                    f"session {session_id!r} has no snapshot at or after"
                     f" transcript seq {transcript_seq}"
                 )
             return _snapshot(row)

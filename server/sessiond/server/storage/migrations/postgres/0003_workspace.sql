@@ -87,7 +87,7 @@ CREATE UNIQUE INDEX snapshots_idempotency_idx
 -- Listing newest first with keyset paging on (created_at, snapshot_id).
 CREATE INDEX snapshots_newest_idx
     ON snapshots (tenant_id, session_id, created_at DESC, snapshot_id DESC);
--- covering(): the greatest transcript_seq at or below a given one.
+-- covering(): the smallest transcript_seq at or above a given one.
 CREATE INDEX snapshots_covering_idx
     ON snapshots (tenant_id, session_id, transcript_seq DESC, created_at DESC, snapshot_id DESC);
 -- "Manifests no snapshot references" for GC, and the foreign key's check.
