@@ -173,6 +173,92 @@ class AsyncClient:
             timeout=self._timeout,
         )
 
+    async def query(
+        self,
+        session_id: str,
+        prompt: str,
+        *,
+        agent_options: common_pb2.AgentOptions | None = None,
+        snapshot_after_turn: bool = False,
+        deadline: float | None = None,
+    ) -> AsyncIterator[sessions_pb2.QueryEvent]:
+        """Run one turn; yields status events and every SDK message as it
+        arrives. Calls on one session are serialized by the server."""
+        responses = self.sessions.Query(
+            sessions_pb2.QueryRequest(
+                session_id=session_id,
+                prompt=prompt,
+                agent_options=agent_options,
+                snapshot_after_turn=snapshot_after_turn,
+            ),
+            metadata=self._md,
+            timeout=deadline,
+        )
+        async for event in stream(responses):
+            yield event
+
+    async def suspend(self, session_id: str) -> sessions_pb2.SuspendResponse:
+        return await call(
+            self.sessions.Suspend,
+            sessions_pb2.SuspendRequest(session_id=session_id),
+            metadata=self._md,
+            timeout=None,
+        )
+
+    async def resume(self, session_id: str) -> common_pb2.Session:
+        return await call(
+            self.sessions.Resume,
+            sessions_pb2.ResumeRequest(session_id=session_id),
+            metadata=self._md,
+            timeout=None,
+        )
+
+    async def fork(
+        self,
+        session_id: str,
+        *,
+        at_message_uuid: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> common_pb2.Session:
+        return await call(
+            self.sessions.Fork,
+            sessions_pb2.ForkRequest(
+                session_id=session_id, at_message_uuid=at_message_uuid, labels=dict(labels or {})
+            ),
+            metadata=self._md,
+            timeout=None,
+        )
+
+    async def list_snapshots(
+        self, session_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> sessions_pb2.ListSnapshotsResponse:
+        return await call(
+            self.sessions.ListSnapshots,
+            sessions_pb2.ListSnapshotsRequest(
+                session_id=session_id, page_size=page_size, page_token=page_token
+            ),
+            metadata=self._md,
+            timeout=self._timeout,
+        )
+
+    async def restore(
+        self,
+        session_id: str,
+        *,
+        snapshot_id: str = "",
+        message_uuid: str = "",
+        into_new_session: bool = False,
+        labels: Mapping[str, str] | None = None,
+    ) -> common_pb2.Session:
+        req = sessions_pb2.RestoreRequest(
+            session_id=session_id, into_new_session=into_new_session, labels=dict(labels or {})
+        )
+        if snapshot_id:
+            req.snapshot_id = snapshot_id
+        if message_uuid:
+            req.message_uuid = message_uuid
+        return await call(self.sessions.Restore, req, metadata=self._md, timeout=None)
+
     # -- transcripts (the SessionStore surface) -------------------------------
 
     async def append_entries(

@@ -19,6 +19,7 @@ from typing import Any
 from sessiond.client.errors import InvalidArgument, SessiondError
 
 from ..config import DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, ServerConfig, is_loopback, parse_listen
+from ..core.sandbox_env import parse_allowlist
 from .options import add_store_flags
 
 log = logging.getLogger("sessiond.server")
@@ -55,6 +56,30 @@ def add_parser(sub: Any) -> None:
         help="seconds of inactivity before a session is suspended (default %(default)s)",
     )
     p.add_argument(
+        "--sandbox-provider",
+        default=env("SESSIOND_SANDBOX_PROVIDER", "local"),
+        help="local | docker[:IMAGE] | e2b://?template=…  (env SESSIOND_SANDBOX_PROVIDER; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--advertise-address",
+        default=env("SESSIOND_ADVERTISE_ADDRESS", ""),
+        help="gRPC target sandboxes use to reach this server; may list every replica, "
+        "e.g. ipv4:10.0.0.1:50051,10.0.0.2:50051 (default: the listen address)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(env("SESSIOND_LEASE_TTL", "30")),
+        help="seconds before a dead replica's sessions may be taken over (default %(default)s)",
+    )
+    p.add_argument(
+        "--env-allowlist",
+        default=env("SESSIOND_ENV_ALLOWLIST", "ANTHROPIC_*,CLAUDE_CODE_*"),
+        help="comma-separated globs of server environment variables passed into sandboxes "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--drain-seconds",
         type=float,
         default=float(env("SESSIOND_DRAIN_SECONDS", "30")),
@@ -74,6 +99,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     host, _ = parse_listen(args.listen)
     if args.idle_timeout <= 0:
         raise InvalidArgument("--idle-timeout must be positive")
+    if args.lease_ttl <= 0:
+        raise InvalidArgument("--lease-ttl must be positive")
     if args.auth == "none" and not is_loopback(host):
         raise InvalidArgument(
             f"--listen {args.listen}: with --auth none sessiond only listens on loopback;"
@@ -87,6 +114,10 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         auth=args.auth,
         idle_timeout=args.idle_timeout,
         drain_seconds=args.drain_seconds,
+        sandbox_provider=args.sandbox_provider,
+        advertise_address=args.advertise_address,
+        lease_ttl=args.lease_ttl,
+        env_allowlist=parse_allowlist(args.env_allowlist),
     )
 
 
@@ -124,7 +155,12 @@ async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
     authenticator = (
         ApiKeyAuth(stores.meta) if config.auth == "api-key" else AnonymousAuth(DEFAULT_TENANT)
     )
-    server = SessiondServer(config, stores, authenticator)
+    try:
+        server = SessiondServer(config, stores, authenticator)
+    except SessiondError as exc:
+        await stores.close()
+        print(f"sessiond: error: --sandbox-provider: {exc}", file=sys.stderr)
+        return 2
     try:
         port = await server.start()
     except (SessiondError, RuntimeError) as exc:
