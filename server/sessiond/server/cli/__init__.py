@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import admin, serve
+from . import client, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +20,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.add_parser(sub)
-    admin.add_parser(sub)
+    client.add_parsers(sub)
+    _add_admin(sub)
     return parser
+
+
+def _add_admin(sub: object) -> None:
+    # admin talks to the database directly and needs the server extra.
+    try:
+        from . import admin
+    except ImportError:
+        return
+    admin.add_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
