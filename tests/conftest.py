@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.seaweedfs",
     "tests.fakeapi.fixtures",
     "tests.fixtures.server",
+    "tests.fixtures.e2b",
 ]

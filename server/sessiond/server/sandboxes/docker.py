@@ -17,7 +17,7 @@ Decisions:
   supports, plus hand-demultiplexing the output. Since the protocol's stdin is
   a complete ``bytes`` value anyway, it is uploaded with ``put_archive`` to a
   file under ``/tmp`` and the command runs as
-  ``sh -c 'exec <"$0" || exit 126; exec "$@"' FILE ARGV...`` (the argv is
+  ``sh -c '[ -r "$0" ] || exit 126; exec "$@" <"$0"' FILE ARGV...`` (the argv is
   passed through untouched, never interpreted by the shell); the file is
   removed when the command has finished. The image needs ``/bin/sh``.
 * **kill**: Docker has no API to signal an exec. Every exec carries a marker
@@ -76,7 +76,8 @@ _ID_RE = re.compile(r"sbx-[0-9a-f]{24}\Z")
 _ENV_NAME_RE = re.compile(r"[^=\0]+\Z")
 _QUEUE_DEPTH = 64
 _MAX_SYMLINK_HOPS = 40
-_STDIN_WRAPPER = 'exec <"$0" || exit 126; exec "$@"'
+# A failed redirection on `exec` would end sh with 2 before any `||`: test first.
+_STDIN_WRAPPER = '[ -r "$0" ] || exit 126; exec "$@" <"$0"'
 # SIGKILL every process with an environment line matching the regex $1.
 # Two passes: a process forked while the first pass ran is caught by the second.
 _KILL_SCRIPT = """

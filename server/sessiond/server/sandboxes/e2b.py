@@ -15,9 +15,10 @@ How the protocol maps onto E2B:
   command's children and grandchildren. stdin is ``stdin=True`` +
   ``send_stdin`` chunks + ``close_stdin``, fed by a background task so a
   command that writes before it reads cannot deadlock ``exec``.
-* ``put_file``/``get_file`` → ``files.write`` (octet-stream ``POST /files``) /
-  ``files.read`` (streamed ``GET /files``); a mode other than what the file got
-  is applied with ``chmod`` (E2B's file API has no mode).
+* ``put_file``/``get_file`` → ``files.write`` (octet-stream ``POST /files``)
+  then ``files.get_info`` (``Filesystem/Stat``) and, if the file's mode is not
+  the one asked for, ``chmod`` (E2B's file API has no mode) / ``get_info``
+  (only a regular file is read) then ``files.read`` (streamed ``GET /files``).
 * ``describe`` → ``get_info`` (``GET /sandboxes/{id}``): running, or paused →
   "stopped". ``destroy`` → ``kill`` (``DELETE /sandboxes/{id}``, a 404 is
   success). A sandbox created by another instance is reached with
@@ -77,6 +78,7 @@ from e2b import (
     AsyncSandbox,
     AuthenticationException,
     CommandExitException,
+    FileType,
     InvalidArgumentException,
     NotEnoughSpaceException,
     NotFoundException,
@@ -164,6 +166,7 @@ class E2BExecution:
         self._discard = False
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._handle: AsyncCommandHandle[None] | None = None
+        self._request_timeout = 30.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -192,6 +195,7 @@ class E2BExecution:
     ) -> None:
         """Start following ``handle`` (and feeding ``stdin`` to it)."""
         self._handle = handle
+        self._request_timeout = request_timeout
         self._spawn(self._finish(handle))
         if stdin is not None:
             self._spawn(self._feed(handle, stdin, request_timeout))
@@ -264,7 +268,8 @@ class E2BExecution:
             return
         await self._kill_group(handle.pid)
         try:
-            await handle.kill()
+            async with asyncio.timeout(2 * self._request_timeout + 5):
+                await handle.kill()
         except (NotFoundException, SandboxNotRunningException):
             pass
         except Exception as exc:
@@ -589,12 +594,18 @@ class E2BSandboxProvider:
         log.info("wrote %d bytes to a file in e2b sandbox %s", len(data), sandbox_id)
 
     async def get_file(self, sandbox_id: str, path: str) -> bytes:
-        """The bytes of the absolute ``path`` (no ``..``); ``NotFound`` if it
-        or the sandbox does not exist; ``InvalidArgument`` for a bad path or
-        a directory."""
+        """The bytes of the regular file at the absolute ``path`` (no ``..``);
+        ``NotFound`` if it or the sandbox does not exist; ``InvalidArgument``
+        for a bad path or anything but a regular file — a directory, a
+        symlink (as the local provider), a device or FIFO that could stream
+        forever."""
         self._check_path(path)
 
         async def read(sandbox: AsyncSandbox) -> bytes:
+            info = await sandbox.files.get_info(path, request_timeout=self._request_timeout)
+            if info.type != FileType.FILE:
+                kind = info.type.value if info.type is not None else "special file"
+                raise InvalidArgument(f"{path!r} in sandbox {sandbox_id} is a {kind}, not a file")
             out = bytearray()
             reader = await sandbox.files.read(
                 path, format="stream", stream_idle_timeout=self._request_timeout

@@ -10,17 +10,19 @@ Accepted values::
     docker:IMAGE[:TAG]             ... of IMAGE (registry/host:port/name:tag allowed)
     docker:IMAGE?network=N&mem_limit=4g&nano_cpus=N&pids_limit=N
     e2b  |  e2b://?template=T&api_url=U&sandbox_url=V&api_key=K
-                                   E2BSandboxProvider(**query), imported lazily
+                                   E2BSandboxProvider(**options), imported lazily;
+                                   values converted to the parameter's annotated
+                                   type (int, float, bool, str)
 
 Anything else → ``InvalidArgument`` naming the provider. Error messages never
-repeat a query string (it may carry an API key).
+repeat an option's value (it may be an API key).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,33 +37,37 @@ E2B_CLASS = "E2BSandboxProvider"
 
 
 def open_sandbox_provider(
-    url_or_name: str, *, data_dir: Path, server_address: str = ""
+    url_or_name: str,
+    *,
+    data_dir: Path,
+    server_address: str = "",
+    options: Mapping[str, str] | None = None,
 ) -> SandboxProvider:
     """The provider ``url_or_name`` names (see the module docstring).
 
     ``server_address``: how a docker sandbox reaches the server (a
-    ``server_address`` option in the URL wins). Opening connects nothing:
-    Docker and E2B clients are made on first use. ``InvalidArgument`` for an
-    unknown provider or option; ``Unavailable`` if the provider's optional
-    dependency is not installed.
+    ``server_address`` option in the URL wins). ``options``: defaults for
+    the URL's options, for values that should not live in a URL (e.g.
+    ``{"api_key": <E2B_API_KEY>}``); the URL's own win. Opening connects
+    nothing: Docker and E2B clients are made on first use.
+    ``InvalidArgument`` for an unknown provider or option or a bad value;
+    ``Unavailable`` if the provider's optional dependency is not installed.
     """
-    text = url_or_name.strip()
-    scheme, _, rest = text.partition(":")
-    name = scheme.partition("?")[0].lower()
-    if not rest and "?" in scheme:
-        rest = "?" + scheme.partition("?")[2]
-    body, _, query = rest.partition("?")
+    head, _, query = url_or_name.strip().partition("?")
+    name, _, body = head.partition(":")
+    name = name.lower()
+    if name not in ("local", "docker", "e2b"):
+        raise InvalidArgument(
+            f"unknown sandbox provider {name!r} (expected local, docker[:IMAGE] or e2b)"
+        )
+    merged = {**(options or {}), **_options(name, query)}
     if name == "local":
-        return _open_local(body, _options(name, query), data_dir)
+        return _open_local(body, merged, data_dir)
     if name == "docker":
-        return _open_docker(body, _options(name, query), server_address)
-    if name == "e2b":
-        if body not in ("", "//"):
-            raise InvalidArgument("sandbox provider e2b takes options only: e2b://?key=value&...")
-        return _open_e2b(_options(name, query))
-    raise InvalidArgument(
-        f"unknown sandbox provider {name!r} (expected local, docker[:IMAGE] or e2b)"
-    )
+        return _open_docker(body, merged, server_address)
+    if body not in ("", "//"):
+        raise InvalidArgument("sandbox provider e2b takes options only: e2b://?key=value&...")
+    return _open_e2b(merged)
 
 
 def _options(provider: str, query: str) -> dict[str, str]:
@@ -133,10 +139,40 @@ def _open_e2b(options: dict[str, str]) -> SandboxProvider:
             raise Unavailable("sandbox provider e2b needs the e2b package (sessiond[e2b])") from exc
         raise Unavailable(f"sandbox provider e2b is not available: {exc}") from exc
     factory: Callable[..., SandboxProvider] = getattr(module, E2B_CLASS)
+    parameters = {
+        p.name: p
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    _unknown("e2b", options, tuple(parameters))
+    kwargs = {k: _coerce("e2b", k, v, parameters[k].annotation) for k, v in options.items()}
+    missing = [
+        p.name
+        for p in parameters.values()
+        if p.default is inspect.Parameter.empty and p.name not in kwargs
+    ]
+    if missing:
+        raise InvalidArgument(f"sandbox provider e2b: missing option(s) {', '.join(missing)}")
+    return factory(**kwargs)
+
+
+def _coerce(provider: str, key: str, value: str, annotation: object) -> object:
+    """``value`` as the type ``annotation`` names (annotations are strings
+    under postponed evaluation: "int", "float | None", ...)."""
+    if isinstance(annotation, type):
+        annotation = annotation.__name__
+    kind = str(annotation).replace(" ", "").removesuffix("|None").removeprefix("None|")
     try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as exc:
-        raise InvalidArgument(
-            f"sandbox provider e2b: unsupported option(s) {', '.join(map(repr, sorted(options)))}"
-        ) from exc
-    return factory(**options)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError as exc:
+        raise InvalidArgument(f"sandbox provider {provider}: {key} must be a {kind}") from exc
+    if kind == "bool":
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidArgument(f"sandbox provider {provider}: {key} must be true or false")
+    return value

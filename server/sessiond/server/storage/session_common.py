@@ -35,9 +35,12 @@ _S = SessionState
 
 #: Legal ``update_fenced`` transitions (the table in the module docstring).
 SUCCESSORS: dict[SessionState, frozenset[SessionState]] = {
-    _S.NEW: frozenset({_S.HYDRATING}),
+    # NEW → SUSPENDED: a fork or restore target that starts from a snapshot.
+    _S.NEW: frozenset({_S.HYDRATING, _S.SUSPENDED}),
     _S.HYDRATING: frozenset({_S.ACTIVE, _S.SUSPENDED, _S.NEW}),
-    _S.ACTIVE: frozenset({_S.SUSPENDING}),
+    # ACTIVE → SUSPENDED: the sandbox vanished (provider timeout, crash);
+    # ACTIVE → HYDRATING: re-hydrate an active session that has no sandbox.
+    _S.ACTIVE: frozenset({_S.SUSPENDING, _S.SUSPENDED, _S.HYDRATING}),
     _S.SUSPENDING: frozenset({_S.SUSPENDED, _S.ACTIVE}),
     _S.SUSPENDED: frozenset({_S.HYDRATING}),
     _S.DELETED: frozenset(),
