@@ -198,12 +198,14 @@ async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: 
         config_dir=args.config_dir,
         snapshot_id=args.snapshot,
         progress=progress.bytes_done,
+        epoch=args.epoch,
     )
     progress.done(snapshot_id=report.snapshot_id, files=report.files, bytes=report.bytes)
     _print(
         snapshot_id=report.snapshot_id, files=report.files, dirs=report.dirs,
         symlinks=report.symlinks, bytes=report.bytes, skipped=report.skipped,
         lease_epoch=report.lease_epoch, seconds=round(report.seconds, 3),
+        project_key=_project_key(args.cwd),
     )  # fmt: skip
     return 0
 
@@ -244,6 +246,14 @@ async def _watch(remote: WorkspaceRemote, args: argparse.Namespace, progress: Pr
         include_transcript=args.include_transcript,
         use_inotify=not args.no_inotify,
     )
+
+
+def _project_key(cwd: Path) -> str:
+    """The SDK's project key of the restored working directory (the server
+    re-keys the session's mirrored transcript to it)."""
+    from claude_agent_sdk import project_key_for_directory
+
+    return str(project_key_for_directory(str(cwd.resolve())))
 
 
 def _print(**fields: Any) -> None:

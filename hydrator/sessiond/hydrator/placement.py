@@ -53,6 +53,7 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_MAX_JSON_BYTES = 16 << 20
 _UNSIGNED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
@@ -205,6 +206,7 @@ def _place_transcript(
     try:
         report.dropped += _count_others(src, {f"{sid}.jsonl", sid})
         if _is_file(src, f"{sid}.jsonl"):
+            os.chmod(f"{sid}.jsonl", 0o600, dir_fd=src)  # the CLI's mode; a regular file
             report.rewritten_lines += _rewrite_file(src, f"{sid}.jsonl", old_cwd, new_cwd)
             os.rename(f"{sid}.jsonl", f"{sid}.jsonl", src_dir_fd=src, dst_dir_fd=dest)
             report.transcript = True
@@ -224,8 +226,10 @@ def _sanitize(
     files = 0
     for dfd, fname in _walk_files(parent, name, report):
         os.chmod(fname, stat.S_IMODE(os.stat(fname, dir_fd=dfd).st_mode) | 0o600, dir_fd=dfd)
-        if rewrite is not None and fname.endswith((".jsonl", ".json")):
+        if rewrite is not None and fname.endswith(".jsonl"):
             report.rewritten_lines += _rewrite_file(dfd, fname, *rewrite)
+        elif rewrite is not None and fname.endswith(".json"):
+            report.rewritten_lines += _rewrite_json(dfd, fname, *rewrite)
         files += 1
     return files
 
@@ -275,6 +279,27 @@ def _rewrite_file(dfd: int, name: str, old: str, new: str) -> int:
     return changed
 
 
+def _rewrite_json(dfd: int, name: str, old: str, new: str) -> int:
+    """A whole (possibly pretty-printed) JSON file, such as a subagent's
+    ``.meta.json``; 1 if it changed. Large or broken files are left alone."""
+    with os.fdopen(os.open(name, _READ, dir_fd=dfd), "rb") as src:
+        mode = stat.S_IMODE(os.fstat(src.fileno()).st_mode)
+        data = src.read(_MAX_JSON_BYTES + 1)
+    try:
+        value, changed = rewrite_paths(json.loads(data), old, new)
+    except ValueError:
+        return 0
+    if not changed or len(data) > _MAX_JSON_BYTES:
+        return 0
+    tmp = f".{name}.sessiond-{secrets.token_hex(4)}"
+    with os.fdopen(os.open(tmp, _CREATE, mode, dir_fd=dfd), "wb") as out:
+        out.write(json.dumps(value, ensure_ascii=False).encode())
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    return 1
+
+
 def _move_dir(src_parent: int, name: str, dest_parent: int, dest_name: str) -> None:
     """Move a directory across parents (same file system) replacing any
     existing one: staged next to the destination, then swapped in."""
@@ -319,8 +344,8 @@ def _lstat_mode(parent: int, *parts: str) -> int:
 
 
 def _is_dir(parent: int, *parts: str) -> bool:
-    # Only the last component is lstat'ed; earlier ones are directories we
-    # created ourselves in the staging tree (never symlinks we follow out).
+    # Only the last component is lstat'ed: callers check the earlier ones
+    # first (``_is_dir(p, k) and _is_file(p, k, name)``), so no link is followed.
     return stat.S_ISDIR(_lstat_mode(parent, *parts))
 
 

@@ -10,6 +10,10 @@
 Contract: until the swap the target directory is untouched, and on any error
 the staging directories are removed; the error is one of the sessiond tree
 (``InvalidArgument``, ``DataLoss``, ``ResourceExhausted``, ``NotFound``, …).
+If the target is a mount point (a container volume cannot be renamed) the
+staging directory is made inside it and the swap moves entries (the old
+ones aside first): the contents are still untouched until then, but the
+swap itself is not atomic.
 A snapshot's own ``.sessiond`` entry at the root is never restored: the
 state directory is always the hydrator's.
 
@@ -32,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sessiond.api.v1 import format_pb2
 from sessiond.client import workspace_format as wf
-from sessiond.client.errors import DataLoss, InvalidArgument
+from sessiond.client.errors import Aborted, DataLoss, InvalidArgument
 
 from .materialize import (
     ChunkSource,
@@ -132,12 +137,20 @@ async def restore(
     snapshot_id: str | None = None,
     limits: Limits | None = None,
     progress: ProgressFn | None = None,
+    epoch: int | None = None,
 ) -> RestoreReport:
     """Restore ``snapshot_id`` (default: the latest) into ``cwd`` and take the
-    session's lease. With no snapshot yet, ``cwd`` is created empty."""
+    session's lease — or, when ``epoch`` is given, work under that epoch,
+    which a managing server already holds (``Aborted`` if it is no longer
+    current). With no snapshot yet, ``cwd`` is created empty."""
     started = time.monotonic()
     target = await asyncio.to_thread(_resolve, cwd)
-    ws = await remote.workspace(acquire_lease=True)
+    ws = await remote.workspace(acquire_lease=epoch is None)
+    if epoch is not None and ws.lease_epoch != epoch:
+        raise Aborted(
+            f"lease lost: session {remote.session_id} epoch is {ws.lease_epoch},"
+            f" caller holds {epoch}"
+        )
     key = ws.chunk_key
     lim = limits or Limits.from_proto(ws.limits)
     state_dir = state_dir or target / STATE_DIR_NAME
@@ -178,10 +191,14 @@ async def restore(
         result = await materialize(
             source, key, ts, work_fd, stage_as, lim, root_mode=root_mode, progress=progress
         )
+        cfg = config_dir or default_config_dir()
+        # Placed before the swap (all or nothing for the workspace), unless
+        # the config dir lives inside the workspace the swap replaces.
+        cfg_inside = _inside(cfg, target)
         try:
-            if config_ts is not None:
+            if config_ts is not None and not cfg_inside:
                 report.config = await _place_config(
-                    source, key, config_ts, lim, config_dir, manifest, target
+                    source, key, config_ts, lim, cfg, manifest, target
                 )
             if in_place:
                 await _to_thread_to_the_end(_swap_contents, work_fd, result.staging_name)
@@ -201,6 +218,8 @@ async def restore(
         if in_place:
             os.close(work_fd)
         os.close(parent_fd)
+    if config_ts is not None and cfg_inside:
+        report.config = await _place_config(source, key, config_ts, lim, cfg, manifest, target)
 
     report.files, report.dirs, report.symlinks = result.files, result.dirs, result.symlinks
     report.bytes, report.skipped = result.total_bytes, result.skipped
@@ -231,14 +250,13 @@ async def _place_config(
     key: bytes,
     ts: TreeSet,
     lim: Limits,
-    config_dir: Path | None,
-    manifest: Any,
+    cfg: Path,
+    manifest: format_pb2.Manifest,
     target: Path,
 ) -> PlacementReport:
     """Materialize the config tree into a staging directory inside the config
     dir (same file system, so placement is renames), then place it."""
-    cfg = config_dir or default_config_dir()
-    cfg.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(cfg.mkdir, parents=True, exist_ok=True)
     cfg_fd = os.open(cfg, _DIR_FLAGS)
     try:
         staged = await materialize(source, key, ts, cfg_fd, "config", lim)
@@ -296,6 +314,10 @@ def _existing_mode(parent_fd: int, name: str) -> int:
     except FileNotFoundError:
         return 0o755
     return stat.S_IMODE(st.st_mode) if stat.S_ISDIR(st.st_mode) else 0o755
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(root)
 
 
 def _is_mount_point(parent_fd: int, name: str) -> bool:
