@@ -2,14 +2,14 @@
 same inserts done directly with asyncpg, in one run.
 
     python -m bench.bench_append [--database-url URL] [--seconds N] [--sessions 64]
-                                 [--server-process] [--profile DIR]
+                                 [--server-process] [--repeat N] [--profile DIR]
 
 ``--sessions`` concurrent sessions each append batches of 10–50
 Claude-Code-shaped transcript entries of 1–4 KB (seeded, generated before
-any timing) as fast as they get answers ("saturation"), then again at a
-fixed offered load ("paced": by default half of what the direct inserts
-reached, i.e. exactly the throughput target, so the latency target is
-checked at the load the throughput target names). Configurations:
+any timing) as fast as they get answers ("saturation"), then at fixed
+offered loads ("paced": by default 50 % of what the direct inserts reached —
+the throughput target, so the latency target is checked at the load the
+throughput target names — and 20 %). Configurations:
 
 ``direct``     the limit: one statement per batch on a pool of 20 asyncpg
                connections (key-row upsert + ``INSERT … SELECT FROM unnest``
@@ -22,12 +22,13 @@ checked at the load the throughput target names). Configurations:
                and in 2 client processes (``--client-procs``).
 ``inprocess``  server and clients in one event loop.
 
-Each configuration gets a fresh schema ``bench_<random>_<config>`` (dropped
-CASCADE afterwards) so none inherits another's table sizes, and a CHECKPOINT
-before it starts. Every run ends with a check that the stored rows are
-exactly the acknowledged entries: same count, no duplicate, byte-identical
-for sampled sessions. Results: a markdown table on stdout and
-``bench/results/append-<date>.json``.
+Each configuration gets a fresh schema ``bench_<random>_r<round>_<config>``
+(dropped CASCADE afterwards) so none inherits another's table sizes, and a
+CHECKPOINT before it starts. Every run ends with a check that the stored
+rows are exactly the acknowledged entries: same count, no duplicate,
+byte-identical for sampled sessions. Results: markdown tables on stdout and
+``bench/results/append-<date>-<time>.json``. The workload and load drivers
+are in :mod:`bench.append_workload`, the tables in :mod:`bench.append_report`.
 """
 
 from __future__ import annotations
@@ -36,30 +37,50 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
-import multiprocessing as mp
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
-import traceback
-import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from .append_report import (
+    TARGET_RATIO,
+    Result,
+    cpu_table,
+    direct_rate,
+    figures_table,
+    load_name,
+    medians,
+    verdicts,
+)
+from .append_workload import (
+    TENANT,
+    ClientSpec,
+    Corpus,
+    Plan,
+    Stats,
+    build_corpus,
+    direct_append,
+    drive,
+    drive_in_processes,
+    raw_append,
+    session_id,
+    start_index,
+    store_append,
+)
 from .common import (
     RESULTS_DIR,
     CpuProbe,
     PidSource,
     ServerProcess,
+    background_load,
     checkpoint,
     child_pids,
     create_tenant,
@@ -69,464 +90,23 @@ from .common import (
     fresh_schema,
     inprocess_server,
     machine_info,
-    markdown_table,
     new_schema_name,
     percentile,
     postmaster_pid,
-    ratio,
+    profiler_command,
     server_rpc_durations,
     sleep_until,
     write_json,
 )
 
-PROJECT_KEY = "-home-user-project"
-CWD = "/home/user/project"
-TENANT = "bench"
 APPEND_METHOD = "/sessiond.v1.TranscriptService/Append"
 ALL_CONFIGS = ("direct", "direct-tx", "process", "inprocess")
-TARGET_RATIO = 0.5
-TARGET_P99_MS = 50.0
 # A Python process whose event loop is busy this share of a core or more is
 # the bottleneck of whatever it drives.
 CPU_BOUND = 0.85
 
 
-# --- the workload ----------------------------------------------------------------
-
-_VOCABULARY = (
-    "the of and to in is that for it with as on be this are by file function return "
-    "value error test import from class def self async await const let var if else "
-    "for while try except raise None True False print config server client session "
-    "store append load transcript entry batch json key path string list dict int "
-    "PostgreSQL index query insert update select where order limit commit rollback "
-    "tool_use tool_result assistant user message content text input output result "
-    "src/app.py tests/test_app.py README.md package.json Cargo.toml main.rs lib.rs "
-    "npm pytest cargo build run check lint format git diff status commit push branch "
-    "0 1 2 3 42 100 404 500 1024 2048 {} [] () => -> :: == != <= >= && || += ; : , ."
-)
-
-
-def _dumps(entry: dict[str, Any]) -> str:
-    # Exactly what SessiondSessionStore.append sends, so stored rows can be
-    # compared byte for byte with the corpus.
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
-
-
-@dataclass
-class Corpus:
-    """A seeded conversation cut into batches. ``entries[i]`` are the SDK
-    dicts of batch ``i``, ``texts[i]`` their JSON, ``uuids[i]`` their uuids."""
-
-    entries: list[list[dict[str, Any]]]
-    texts: list[list[str]]
-    uuids: list[list[str]]
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def mean_batch(self) -> float:
-        return sum(len(b) for b in self.entries) / len(self.entries)
-
-    @property
-    def mean_entry_bytes(self) -> float:
-        n = sum(len(b) for b in self.texts)
-        return sum(len(t.encode()) for b in self.texts for t in b) / n
-
-
-def build_corpus(seed: int, n_batches: int) -> Corpus:
-    """``n_batches`` batches of 10–50 entries shaped like Claude Code
-    transcript lines (user prompt, assistant text + tool_use, user
-    tool_result, chained by ``parentUuid``), each 1–4 KB of JSON
-    (uniform), deterministic for a seed."""
-    rng = random.Random(seed)
-
-    def uid() -> str:
-        return str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
-
-    blob = " ".join(rng.choices(_VOCABULARY.split(), k=400_000))
-    session_id = uid()
-    when = datetime(2025, 11, 3, 9, 30, tzinfo=UTC)
-    parent: str | None = None
-    tool_id = ""
-    entries: list[list[dict[str, Any]]] = []
-    texts: list[list[str]] = []
-    uuids: list[list[str]] = []
-    k = 0
-    for _ in range(n_batches):
-        batch: list[dict[str, Any]] = []
-        for _ in range(rng.randint(10, 50)):
-            when += timedelta(milliseconds=rng.randint(50, 4000))
-            entry_uuid = uid()
-            message: dict[str, Any]
-            if k % 24 == 0:
-                kind, message = "user", {"role": "user", "content": [{"type": "text", "text": ""}]}
-            elif k % 2 == 1:
-                tool_id = "toolu_" + uid().replace("-", "")[:24]
-                kind = "assistant"
-                message = {
-                    "id": "msg_" + uid().replace("-", "")[:24],
-                    "type": "message",
-                    "role": "assistant",
-                    "model": "claude-sonnet-4-5-20250929",
-                    "content": [
-                        {"type": "text", "text": ""},
-                        {
-                            "type": "tool_use",
-                            "id": tool_id,
-                            "name": rng.choice(["Read", "Edit", "Bash", "Grep"]),
-                            "input": {"file_path": f"{CWD}/src/app.py"},
-                        },
-                    ],
-                    "stop_reason": "tool_use",
-                    "usage": {
-                        "input_tokens": rng.randint(100, 9000),
-                        "output_tokens": rng.randint(10, 900),
-                    },
-                }
-            else:
-                kind = "user"
-                message = {
-                    "role": "user",
-                    "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": ""}],
-                }
-            entry: dict[str, Any] = {
-                "parentUuid": parent,
-                "isSidechain": False,
-                "userType": "external",
-                "cwd": CWD,
-                "sessionId": session_id,
-                "version": "2.1.30",
-                "gitBranch": "main",
-                "type": kind,
-                "message": message,
-                "uuid": entry_uuid,
-                "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            }
-            # Fill the first content block up to a size uniform in 1–4 KB
-            # (the blob is ASCII without characters JSON escapes).
-            target = rng.randint(1024, 4096)
-            block = message["content"][0]
-            field_name = "content" if block["type"] == "tool_result" else "text"
-            fill = max(0, target - len(_dumps(entry).encode()))
-            start = rng.randrange(0, len(blob) - fill)
-            block[field_name] = blob[start : start + fill]
-            batch.append(entry)
-            parent = entry_uuid
-            k += 1
-        entries.append(batch)
-        texts.append([_dumps(e) for e in batch])
-        uuids.append([e["uuid"] for e in batch])
-    return Corpus(entries=entries, texts=texts, uuids=uuids)
-
-
-# --- driving the load ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Monotonic-clock times (shared by all processes of the machine):
-    sessions run from ``start`` to ``end``; only completions from
-    ``measure_from`` on are measured. ``interval`` > 0 paces each session
-    to one batch per interval; 0 means back to back."""
-
-    start: float
-    measure_from: float
-    end: float
-    interval: float
-
-    @classmethod
-    def after(cls, delay: float, warmup: float, seconds: float, interval: float) -> Plan:
-        start = time.monotonic() + delay
-        return cls(start, start + warmup, start + warmup + seconds, interval)
-
-
-@dataclass
-class Stats:
-    latencies: list[float] = field(default_factory=list)  # seconds, measured batches
-    window_entries: int = 0
-    window_batches: int = 0
-    acked_entries: int = 0  # every acknowledged entry, warm-up and tail included
-    batches_done: dict[int, int] = field(default_factory=dict)  # slot → batches
-
-    def merge(self, other: Stats) -> None:
-        self.latencies += other.latencies
-        self.window_entries += other.window_entries
-        self.window_batches += other.window_batches
-        self.acked_entries += other.acked_entries
-        self.batches_done.update(other.batches_done)
-
-
-# append(slot, lap, batch index) → entries the server confirmed
-AppendFn = Callable[[int, int, int], Awaitable[int]]
-
-
-def session_id(tag: str, slot: int, lap: int) -> str:
-    return f"{tag}-{slot:03d}-{lap}"
-
-
-def start_index(slot: int, sessions: int, n_batches: int) -> int:
-    return slot * n_batches // sessions
-
-
-async def drive(
-    slots: Sequence[int], sessions: int, n_batches: int, append: AppendFn, plan: Plan
-) -> Stats:
-    """Run one coroutine per slot. Slot ``s`` walks the corpus from its own
-    offset; after a full lap it continues as a new session (uuids are unique
-    per transcript, so nothing is ever a duplicate)."""
-    stats = Stats()
-
-    async def one(slot: int) -> None:
-        first = start_index(slot, sessions, n_batches)
-        done = 0
-        next_at = plan.start + (slot / sessions) * plan.interval
-        await sleep_until(plan.start)
-        while True:
-            if plan.interval:
-                await sleep_until(next_at)
-                next_at += plan.interval
-            t0 = time.monotonic()
-            if t0 >= plan.end:
-                break
-            count = await append(slot, done // n_batches, (first + done) % n_batches)
-            t1 = time.monotonic()
-            done += 1
-            stats.acked_entries += count
-            if plan.measure_from <= t1 <= plan.end:
-                stats.latencies.append(t1 - t0)
-                stats.window_entries += count
-                stats.window_batches += 1
-        stats.batches_done[slot] = done
-
-    await asyncio.gather(*(one(s) for s in slots))
-    return stats
-
-
-def store_append(
-    target: str, token: str, tag: str, corpus: Corpus, slots: Sequence[int]
-) -> tuple[AppendFn, Callable[[], Awaitable[None]]]:
-    """Appends through ``SessiondSessionStore`` (one store per session, as
-    every sandbox has its own), and a closer."""
-    from sessiond.client import SessiondSessionStore
-
-    stores = {s: SessiondSessionStore(target, token=token, timeout=60.0) for s in slots}
-
-    async def append(slot: int, lap: int, index: int) -> int:
-        batch = corpus.entries[index]
-        key = {"project_key": PROJECT_KEY, "session_id": session_id(tag, slot, lap)}
-        await stores[slot].append(key, batch)  # type: ignore[arg-type]
-        return len(batch)
-
-    async def close() -> None:
-        for store in stores.values():
-            await store.close()
-
-    return append, close
-
-
-def raw_append(
-    target: str, token: str, tag: str, corpus: Corpus, slots: Sequence[int]
-) -> tuple[AppendFn, Callable[[], Awaitable[None]]]:
-    """Appends through ``AsyncClient.append_entries`` with pre-serialized
-    JSON (skips the store's per-entry ``json.dumps``)."""
-    from sessiond.api.v1 import transcripts_pb2
-    from sessiond.client import AsyncClient
-
-    client = AsyncClient(target, token=token, timeout=60.0)
-
-    async def append(slot: int, lap: int, index: int) -> int:
-        key = transcripts_pb2.SessionKey(
-            project_key=PROJECT_KEY, session_id=session_id(tag, slot, lap)
-        )
-        resp = await client.append_entries(key, corpus.texts[index])
-        if resp.duplicates:
-            raise AssertionError(f"{resp.duplicates} duplicates reported")
-        return int(resp.appended)
-
-    return append, client.close
-
-
-_NOW_MS = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-
-# The minimum the schema needs: the key-row upsert (lock, seq allocation,
-# mtime) and the entries from unnest, one statement, one round trip.
-_DIRECT = f"""
-WITH k AS (
-    INSERT INTO transcript_keys AS t
-        (tenant_id, project_key, session_id, subpath, next_seq, mtime_ms)
-    VALUES ($1, $2, $3, '', $4, {_NOW_MS})
-    ON CONFLICT (tenant_id, project_key, session_id, subpath) DO UPDATE
-        SET next_seq = t.next_seq + EXCLUDED.next_seq,
-            mtime_ms = GREATEST(t.mtime_ms + 1, EXCLUDED.mtime_ms)
-    RETURNING t.key_id, t.next_seq - $4 AS base
-)
-INSERT INTO transcript_entries (tenant_id, key_id, seq, uuid, entry)
-SELECT $1, k.key_id, k.base + u.ord, u.uuid, u.entry
-FROM k, unnest($5::text[], $6::text[]) WITH ORDINALITY AS u(uuid, entry, ord)
-ON CONFLICT (key_id, uuid) WHERE uuid IS NOT NULL DO NOTHING
-"""
-
-_DIRECT_RETURNING = _DIRECT + " RETURNING seq"
-
-_SUMMARY_READ = (
-    "SELECT mtime_ms, data FROM transcript_summaries"
-    " WHERE tenant_id = $1 AND project_key = $2 AND session_id = $3"
-)
-_SUMMARY_WRITE = """
-INSERT INTO transcript_summaries (tenant_id, project_key, session_id, mtime_ms, data)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (tenant_id, project_key, session_id) DO UPDATE
-    SET mtime_ms = EXCLUDED.mtime_ms, data = EXCLUDED.data
-"""
-_SUMMARY = json.dumps(
-    {"is_sidechain": False, "created_at": 1762162200000, "cwd": CWD, "git_branch": "main"}
-    | {"first_prompt": "x" * 200, "first_prompt_locked": True}
-)
-
-
-def direct_append(
-    pool: asyncpg.Pool, tag: str, corpus: Corpus, *, sessiond_shape: bool
-) -> AppendFn:
-    async def one_statement(slot: int, lap: int, index: int) -> int:
-        sid = session_id(tag, slot, lap)
-        texts = corpus.texts[index]
-        async with pool.acquire() as conn:
-            status: str = await conn.execute(
-                _DIRECT, TENANT, PROJECT_KEY, sid, len(texts), corpus.uuids[index], texts
-            )
-        inserted = int(status.rsplit(" ", 1)[1])
-        if inserted != len(texts):
-            raise AssertionError(f"{sid}: inserted {inserted} of {len(texts)}")
-        return inserted
-
-    async def transaction(slot: int, lap: int, index: int) -> int:
-        sid = session_id(tag, slot, lap)
-        texts = corpus.texts[index]
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                _DIRECT_RETURNING, TENANT, PROJECT_KEY, sid, len(texts), corpus.uuids[index], texts
-            )
-            await conn.fetchrow(_SUMMARY_READ, TENANT, PROJECT_KEY, sid)
-            await conn.execute(_SUMMARY_WRITE, TENANT, PROJECT_KEY, sid, 0, _SUMMARY)
-        return len(rows)
-
-    return transaction if sessiond_shape else one_statement
-
-
-# --- client processes ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClientSpec:
-    target: str
-    token: str
-    tag: str
-    slots: tuple[int, ...]
-    sessions: int
-    seed: int
-    corpus_batches: int
-    client: str  # "store" | "raw"
-
-
-def _client_main(conn: Connection, spec: ClientSpec) -> None:
-    """Entry point of a spawned client process: build the corpus, report
-    ready, receive the plan, drive, send back the stats."""
-    try:
-        asyncio.run(_client_async(conn, spec))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    finally:
-        conn.close()
-
-
-async def _client_async(conn: Connection, spec: ClientSpec) -> None:
-    corpus = build_corpus(spec.seed, spec.corpus_batches)
-    factory = store_append if spec.client == "store" else raw_append
-    append, close = factory(spec.target, spec.token, spec.tag, corpus, spec.slots)
-    conn.send(("ready", os.getpid()))
-    plan: Plan = await asyncio.to_thread(conn.recv)
-    try:
-        stats = await drive(spec.slots, spec.sessions, len(corpus), append, plan)
-    finally:
-        await close()
-    conn.send(("stats", stats))
-
-
-async def drive_in_processes(
-    specs: Sequence[ClientSpec],
-    make_plan: Callable[[], Plan],
-    on_plan: Callable[[Plan, list[int]], Awaitable[dict[str, Any]]],
-) -> tuple[Stats, dict[str, Any]]:
-    """Run each spec in a spawned process (spawn, not fork: grpc must not be
-    forked), start them together on one plan, merge their stats.
-    ``on_plan(plan, pids)`` runs in this process alongside (the probes)."""
-    ctx = mp.get_context("spawn")
-    links: list[tuple[Connection, Any]] = []
-    for spec in specs:
-        parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_client_main, args=(child_end, spec), daemon=True)
-        proc.start()
-        child_end.close()
-        links.append((parent_end, proc))
-    try:
-        for conn, _ in links:
-            kind, value = await asyncio.to_thread(conn.recv)
-            if kind != "ready":
-                raise RuntimeError(f"client process failed:\n{value}")
-        plan = make_plan()
-        for conn, _ in links:
-            conn.send(plan)
-
-        async def collect() -> Stats:
-            stats = Stats()
-            for conn, _ in links:
-                kind, value = await asyncio.to_thread(conn.recv)
-                if kind != "stats":
-                    raise RuntimeError(f"client process failed:\n{value}")
-                stats.merge(value)
-            return stats
-
-        stats, observed = await asyncio.gather(collect(), on_plan(plan, [p.pid for _, p in links]))
-        for _, proc in links:
-            await asyncio.to_thread(proc.join, 10)
-        return stats, observed
-    finally:
-        for conn, proc in links:
-            conn.close()
-            if proc.is_alive():
-                proc.kill()  # by PID: our own child
-                proc.join(5)
-
-
 # --- one measured run --------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    config: str
-    label: str
-    load: str  # "saturation" | "paced"
-    client_procs: int
-    client: str
-    seconds: float
-    offered_entries_s: float | None
-    entries_s: float
-    batches_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    server_p50_ms: float | None = None
-    server_p99_ms: float | None = None
-    round: int = 1
-    # Busy cores of the machine just before the run (other tenants of the box).
-    background_cores: float = 0.0
-    cpu_cores: dict[str, float] = field(default_factory=dict)
-    cpu_us_per_entry: dict[str, float] = field(default_factory=dict)
-    verify: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -536,8 +116,8 @@ class Ctx:
     postmaster: int | None
     workdir: Path
     results: list[Result] = field(default_factory=list)
-    # Entries/s the paced runs offer: fixed by the first direct run.
-    offered: float = 0.0
+    # Direct entries/s of the first round: the paced runs offer fractions of it.
+    direct_base: float = 0.0
     round: int = 1
     background: float = 0.0
 
@@ -554,33 +134,19 @@ class Ctx:
         return Plan.after(0.3, self.args.warmup, self.args.seconds, interval)
 
     def loads(self) -> Iterator[tuple[str, float, float | None]]:
-        """(load name, per-session interval, offered entries/s) to run: the
+        """(load name, per-session interval, paced fraction) to run: the
         saturation run, then (lazily, once the first direct saturation run
-        has set ``offered``) the paced run."""
+        has set ``direct_base``) one paced run per ``--paced-fraction``."""
         yield "saturation", 0.0, None
-        if self.args.paced_fraction > 0 and self.offered > 0:
-            interval = self.args.sessions * self.corpus.mean_batch / self.offered
-            yield "paced", interval, self.offered
+        for fraction in self.args.paced_fraction:
+            if self.direct_base > 0:
+                offered = fraction * self.direct_base
+                yield "paced", self.args.sessions * self.corpus.mean_batch / offered, fraction
 
     def pg_pids(self) -> list[int]:
         if self.postmaster is None:
             return []
         return [self.postmaster, *child_pids(self.postmaster)]
-
-
-def profiler_command(profiler: str, pid: int, seconds: int, out: Path) -> list[str]:
-    """py-spy (Python frames of the GIL holder), py-spy-native (all active
-    threads with C frames; pauses the process per sample) or perf (on-CPU
-    samples incl. kernel and C; Python 3.11 frames are opaque to it)."""
-    if profiler == "perf":
-        where = ["-p", str(pid), "-o", str(out)]
-        return ["perf", "record", "-F", "499", "-g", *where, "--", "sleep", str(seconds)]
-    # --gil keeps only samples of the thread holding the GIL: Python CPU work,
-    # not threads waiting in a syscall or preempted after a wakeup.
-    mode = ["--native", "--rate", "100"] if profiler == "py-spy-native" else []
-    mode += ["--gil", "--nonblocking"] if profiler == "py-spy" else []
-    where = ["--pid", str(pid), "--duration", str(seconds), "-o", str(out)]
-    return ["py-spy", "record", *where, *mode, "--format", "raw"]
 
 
 async def watch_window(
@@ -624,7 +190,7 @@ def summarize(
     load: str,
     procs: int,
     client: str,
-    offered: float | None,
+    fraction: float | None,
     stats: Stats,
     observed: dict[str, Any],
 ) -> Result:
@@ -639,7 +205,8 @@ def summarize(
         client_procs=procs,
         client=client,
         seconds=seconds,
-        offered_entries_s=offered,
+        paced_fraction=fraction,
+        offered_entries_s=None if fraction is None else fraction * ctx.direct_base,
         entries_s=stats.window_entries / seconds,
         batches_s=stats.window_batches / seconds,
         p50_ms=percentile(lat, 50),
@@ -676,6 +243,7 @@ def summarize(
         result.notes.append(
             f"the machine was busy with other work before this run ({ctx.background:.2f} cores)"
         )
+    offered = result.offered_entries_s
     if offered and result.entries_s < 0.95 * offered:
         result.notes.append(
             f"overloaded: reached {result.entries_s:,.0f} of {offered:,.0f} offered entries/s"
@@ -749,6 +317,11 @@ async def verify(
 # --- configurations ---------------------------------------------------------------
 
 
+def run_tag(config: str, load: str, fraction: float | None) -> str:
+    """Prefix of the session ids of one run (verification counts by it)."""
+    return f"{config}-{load}" if fraction is None else f"{config}-{load}{fraction * 100:.0f}"
+
+
 def own_pid() -> list[int]:
     return [os.getpid()]
 
@@ -767,8 +340,8 @@ async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
         await checkpoint(base)
         pool = await asyncpg.create_pool(url, min_size=20, max_size=20)
         try:
-            for load, interval, offered in ctx.loads():
-                tag = f"{config}-{load}"
+            for load, interval, fraction in ctx.loads():
+                tag = run_tag(config, load, fraction)
                 append = direct_append(pool, tag, ctx.corpus, sessiond_shape=sessiond_shape)
                 await ctx.settle()
                 plan = ctx.plan(interval)
@@ -781,14 +354,14 @@ async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
                     range(ctx.args.sessions), ctx.args.sessions, len(ctx.corpus), append, plan
                 )
                 result = summarize(
-                    ctx, config, label, load, 1, "asyncpg", offered, stats, await watch
+                    ctx, config, label, load, 1, "asyncpg", fraction, stats, await watch
                 )
                 result.verify = await verify(
                     url, tag, stats, ctx.corpus, ctx.args.sessions, sessiond_shape
                 )
                 report(ctx, result)
-                if config == "direct" and load == "saturation" and not ctx.offered:
-                    ctx.offered = ctx.args.paced_fraction * result.entries_s
+                if config == "direct" and load == "saturation" and not ctx.direct_base:
+                    ctx.direct_base = result.entries_s
         finally:
             await pool.close()
 
@@ -806,8 +379,8 @@ async def run_process(ctx: Ctx) -> None:
             )
             try:
                 await checkpoint(base)
-                for load, interval, offered in ctx.loads():
-                    tag = f"process{procs}-{load}"
+                for load, interval, fraction in ctx.loads():
+                    tag = run_tag(f"process{procs}", load, fraction)
                     slots = list(range(ctx.args.sessions))
                     specs = [
                         ClientSpec(
@@ -818,6 +391,8 @@ async def run_process(ctx: Ctx) -> None:
                             sessions=ctx.args.sessions,
                             seed=ctx.args.seed,
                             corpus_batches=ctx.args.corpus_batches,
+                            batch_entries=ctx.args.batch_entries,
+                            entry_bytes=ctx.args.entry_bytes,
                             client=ctx.args.client,
                         )
                         for i in range(procs)
@@ -847,7 +422,7 @@ async def run_process(ctx: Ctx) -> None:
                         specs, functools.partial(ctx.plan, interval), on_plan
                     )
                     result = summarize(
-                        ctx, config, label, load, procs, ctx.args.client, offered, stats, observed
+                        ctx, config, label, load, procs, ctx.args.client, fraction, stats, observed
                     )
                     if "profile" in observed:
                         result.notes.append(f"profiled with {observed['profile']}")
@@ -869,8 +444,8 @@ async def run_inprocess(ctx: Ctx) -> None:
         ) as (target, token),
     ):
         await checkpoint(base)
-        for load, interval, offered in ctx.loads():
-            tag = f"inprocess-{load}"
+        for load, interval, fraction in ctx.loads():
+            tag = run_tag("inprocess", load, fraction)
             slots = range(ctx.args.sessions)
             factory = store_append if ctx.args.client == "store" else raw_append
             append, close = factory(target, token, tag, ctx.corpus, slots)
@@ -892,7 +467,7 @@ async def run_inprocess(ctx: Ctx) -> None:
                 load,
                 1,
                 ctx.args.client,
-                offered,
+                fraction,
                 stats,
                 await watch,
             )
@@ -909,7 +484,7 @@ def report(ctx: Ctx, result: Result) -> None:
     v = result.verify
     status = "ok" if v.get("ok") else "FAILED"
     print(
-        f"  {result.label} [{result.load}]: {result.entries_s:,.0f} entries/s,"
+        f"  {result.label} [{load_name(result)}]: {result.entries_s:,.0f} entries/s,"
         f" p50 {fmt(result.p50_ms)} ms, p99 {fmt(result.p99_ms)} ms;"
         f" verify {status} ({v.get('stored_entries')}/{v.get('acknowledged_entries')} rows)",
         flush=True,
@@ -918,125 +493,26 @@ def report(ctx: Ctx, result: Result) -> None:
         print(f"    note: {note}", flush=True)
 
 
-def medians(results: Sequence[Result]) -> list[Result]:
-    """Per (configuration, load): the run with the median entries/s (the
-    lower one for an even count), so each row's figures stay one run's."""
-    groups: dict[tuple[str, str], list[Result]] = {}
-    for r in results:
-        groups.setdefault((r.label, r.load), []).append(r)
-    out = []
-    for runs in groups.values():
-        ranked = sorted(runs, key=lambda r: r.entries_s)
-        out.append(ranked[(len(ranked) - 1) // 2])
-    return out
+# --- main ---------------------------------------------------------------------------
 
 
-def direct_rate(rows: Sequence[Result]) -> float:
-    for r in rows:
-        if r.config == "direct" and r.load == "saturation":
-            return r.entries_s
-    return 0.0
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fractions like 0.5,0.2, got {text!r}") from None
+    return tuple(v for v in values if v > 0)
 
 
-def _load(r: Result) -> str:
-    return r.load if r.offered_entries_s is None else f"paced {r.offered_entries_s:,.0f}/s"
-
-
-def figures_table(rows: Sequence[Result], runs: int) -> str:
-    base = direct_rate(rows)
-    headers = ["configuration", "load", "entries/s", "batches/s", "p50 ms", "p95 ms"]
-    headers += ["p99 ms", "server p99 ms", "vs direct"]
-    body = [
-        [
-            r.label,
-            _load(r),
-            fmt(r.entries_s),
-            fmt(r.batches_s),
-            fmt(r.p50_ms),
-            fmt(r.p95_ms),
-            fmt(r.p99_ms),
-            fmt(r.server_p99_ms),
-            ratio(r.entries_s, base),
-        ]
-        for r in rows
-    ]
-    note = f"(median of {runs} runs each)" if runs > 1 else ""
-    return markdown_table(headers, body) + (f"\n\n{note}" if note else "")
-
-
-def service_us(r: Result) -> float:
-    """CPU per entry on the service side: what would still run on this box
-    if the callers ran elsewhere (sessiond: server + PostgreSQL; direct:
-    the asyncpg caller + PostgreSQL, since it does the server's part)."""
-    c = r.cpu_us_per_entry
-    if r.config == "process":
-        return c.get("server", 0.0) + c.get("postgres", 0.0)
-    return c.get("client", 0.0) + c.get("postgres", 0.0)
-
-
-def cpu_table(rows: Sequence[Result]) -> str:
-    ncpu = os.cpu_count() or 1
-    saturated = [r for r in rows if r.load == "saturation"]
-    base = next((r for r in saturated if r.config == "direct"), None)
-    base_est = ncpu * 1e6 / service_us(base) if base and service_us(base) else 0.0
-    headers = ["configuration", "cores: client", "server", "PG", "other", "box"]
-    headers += ["µs/entry: client", "server", "PG", "est. entries/s, clients off-box"]
-    body = []
-    for r in saturated:
-        c, u = r.cpu_cores, r.cpu_us_per_entry
-        svc = service_us(r)
-        est = ncpu * 1e6 / svc if svc and r.config != "inprocess" else float("nan")
-        body.append(
-            [
-                r.label,
-                fmt(c.get("client"), 2),
-                fmt(c.get("server"), 2),
-                fmt(c.get("postgres"), 2),
-                fmt(c.get("other"), 2),
-                fmt(c.get("machine"), 2),
-                fmt(u.get("client")),
-                fmt(u.get("server")),
-                fmt(u.get("postgres")),
-                f"{fmt(est)} ({ratio(est, base_est)})" if est == est else "–",
-            ]
-        )
-    return markdown_table(headers, body)
-
-
-def verdicts(rows: Sequence[Result]) -> list[str]:
-    base = direct_rate(rows)
-    out = []
-    for r in rows:
-        if r.config != "process":
-            continue
-        if r.load == "saturation":
-            if not base:
-                continue
-            share = r.entries_s / base
-            out.append(
-                f"{r.label}: throughput {share:.0%} of direct (target ≥ {TARGET_RATIO:.0%}):"
-                f" {'PASS' if share >= TARGET_RATIO else 'MISS'}; p99 at saturation"
-                f" {fmt(r.p99_ms)} ms"
-            )
-        else:
-            met = r.p99_ms <= TARGET_P99_MS and not any(n.startswith("overloaded") for n in r.notes)
-            out.append(
-                f"{r.label}: p99 {fmt(r.p99_ms)} ms at {fmt(r.offered_entries_s)} entries/s"
-                f" offered (target ≤ {TARGET_P99_MS:.0f} ms): {'PASS' if met else 'MISS'}"
-            )
-    return out
-
-
-async def background_load(seconds: float = 2.0) -> float:
-    """Busy cores of the machine before the benchmark starts (the box may be
-    shared; this is reported next to the figures)."""
-    probe = CpuProbe({})
-    probe.begin()
-    await asyncio.sleep(seconds)
-    return probe.end()["machine"]
-
-
-# --- main --------------------------------------------------------------------------
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX, got {text!r}") from None
+    if not 0 < bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+    return bounds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1077,10 +553,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--paced-fraction",
-        type=float,
-        default=TARGET_RATIO,
-        help="paced runs offer this fraction of the direct throughput; 0 disables"
-        " (default %(default)s)",
+        type=_fractions,
+        default=(TARGET_RATIO, 0.2),
+        metavar="F[,F…]",
+        help="one paced run per fraction of the direct throughput; 0 disables"
+        f" (default {TARGET_RATIO},0.2: the target's load, and a lighter one)",
     )
     p.add_argument(
         "--repeat",
@@ -1103,6 +580,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " (default %(default)s)",
     )
     p.add_argument("--corpus-batches", type=int, default=1024)
+    p.add_argument(
+        "--batch-entries",
+        type=_range,
+        default=(10, 50),
+        metavar="MIN-MAX",
+        help="entries per batch, uniform (default 10-50: the SDK's batches)",
+    )
+    p.add_argument(
+        "--entry-bytes",
+        type=_range,
+        default=(1024, 4096),
+        metavar="MIN-MAX",
+        help="JSON bytes per entry, uniform (default 1024-4096)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--server-log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.add_argument(
@@ -1137,7 +628,7 @@ async def main_async(args: argparse.Namespace) -> int:
     info = await machine_info(args.database_url)
     print(describe_machine(info), flush=True)
     t0 = time.monotonic()
-    corpus = build_corpus(args.seed, args.corpus_batches)
+    corpus = build_corpus(args.seed, args.corpus_batches, args.batch_entries, args.entry_bytes)
     print(
         f"- workload: {args.sessions} sessions; corpus of {len(corpus)} batches,"
         f" {sum(len(b) for b in corpus.entries):,} entries, mean {corpus.mean_batch:.1f}"
@@ -1180,10 +671,10 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"- {line}")
     for r in rows:
         for note in r.notes:
-            print(f"- {r.label} [{r.load}]: {note}")
+            print(f"- {r.label} [{load_name(r)}]: {note}")
     failed = [r for r in ctx.results if not r.verify.get("ok")]
     for r in failed:
-        print(f"- VERIFY FAILED {r.label} [{r.load}] round {r.round}: {r.verify}")
+        print(f"- VERIFY FAILED {r.label} [{load_name(r)}] round {r.round}: {r.verify}")
     if not failed:
         print(f"- verified: all {len(ctx.results)} runs stored exactly the acknowledged entries")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H%M%S")

@@ -494,3 +494,30 @@ async def sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+# --- profiling and background load ---------------------------------------------
+
+
+def profiler_command(profiler: str, pid: int, seconds: int, out: Path) -> list[str]:
+    """py-spy (Python frames of the GIL holder), py-spy-native (all active
+    threads with C frames; pauses the process per sample) or perf (on-CPU
+    samples incl. kernel and C; Python 3.11 frames are opaque to it)."""
+    if profiler == "perf":
+        where = ["-p", str(pid), "-o", str(out)]
+        return ["perf", "record", "-F", "499", "-g", *where, "--", "sleep", str(seconds)]
+    # --gil keeps only samples of the thread holding the GIL: Python CPU work,
+    # not threads waiting in a syscall or preempted after a wakeup.
+    mode = ["--native", "--rate", "100"] if profiler == "py-spy-native" else []
+    mode += ["--gil", "--nonblocking"] if profiler == "py-spy" else []
+    where = ["--pid", str(pid), "--duration", str(seconds), "-o", str(out)]
+    return ["py-spy", "record", *where, *mode, "--format", "raw"]
+
+
+async def background_load(seconds: float = 2.0) -> float:
+    """Busy cores of the machine before the benchmark starts (the box may be
+    shared; this is reported next to the figures)."""
+    probe = CpuProbe({})
+    probe.begin()
+    await asyncio.sleep(seconds)
+    return probe.end()["machine"]

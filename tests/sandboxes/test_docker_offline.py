@@ -48,9 +48,10 @@ def test_registry_docker_bad_options(tmp_path: Path, url: str) -> None:
 
 
 @pytest.fixture
-def unreachable() -> DockerSandboxProvider:
+def unreachable() -> Iterator[DockerSandboxProvider]:
     client = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.44")
-    return DockerSandboxProvider(client=client)
+    yield DockerSandboxProvider(client=client)
+    client.close()  # a client passed in stays the caller's to close
 
 
 async def test_unreachable_engine_is_unavailable(unreachable: DockerSandboxProvider) -> None:

@@ -277,26 +277,21 @@ def test_make_removable_never_follows_symlinks(tmp_path: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o500
 
 
-def test_destroy_from_another_process(tmp_path: Path) -> None:
-    """A replica is another process: it can destroy what this one created."""
-
-    async def create() -> SandboxInfo:
-        provider = LocalSandboxProvider(tmp_path / "root")
-        info = await provider.create(SandboxSpec("ses"))
-        await provider.exec(info.sandbox_id, ["sleep", "1000"])
-        return info
-
-    info = asyncio.run(create())
+async def test_destroy_from_another_process(provider: LocalSandboxProvider) -> None:
+    """A replica is another process: it can destroy what this one started,
+    and this one's Execution sees its command killed."""
+    info = await provider.create(SandboxSpec("ses"))
+    execution = await provider.exec(info.sandbox_id, ["sleep", "1000"])
     code = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
         "from sessiond.server.sandboxes.local import LocalSandboxProvider\n"
         "asyncio.run(LocalSandboxProvider(Path(sys.argv[1])).destroy(sys.argv[2]))\n"
     )
-    subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "root"), info.sandbox_id],
-        check=True,
-        timeout=60,
+    replica = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(provider.root), info.sandbox_id
     )
+    assert await asyncio.wait_for(replica.wait(), timeout=60) == 0
+    assert await asyncio.wait_for(execution.wait(), timeout=60) == 128 + signal.SIGKILL
     assert marked(info.sandbox_id) == []
-    assert not (tmp_path / "root" / info.sandbox_id).exists()
+    assert not (provider.root / info.sandbox_id).exists()
