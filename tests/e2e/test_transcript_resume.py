@@ -95,9 +95,7 @@ async def test_resume_from_sessiond_after_config_dir_is_gone(
     assert "Noted: the secret word is PELICAN." in sent
     assert "What was the secret word?" in sent
 
-    entries = await _all_entries(
-        sessiond_server, token, project_key_for_directory(str(cwd)), sid
-    )
+    entries = await _all_entries(sessiond_server, token, project_key_for_directory(str(cwd)), sid)
     uuids = [e["uuid"] for e in entries if "uuid" in e]
     assert len(uuids) == len(set(uuids)), "duplicate uuids in the store"
     texts = json.dumps(entries)

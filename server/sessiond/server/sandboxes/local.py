@@ -140,6 +140,7 @@ class LocalSandboxProvider:
         )
         _check_env(base, "base_env")
         self._base_env = base
+        self._python = python
         self._rlimits = _rlimit_settings(limits or LocalLimits())
 
     @property
@@ -271,7 +272,7 @@ class LocalSandboxProvider:
         err_r, err_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *_with_rlimits(self._python, self._rlimits, argv),
                 stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
                 stdout=out_w,
                 stderr=err_w,
@@ -279,7 +280,6 @@ class LocalSandboxProvider:
                 env=full_env,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=functools.partial(_apply_rlimits, self._rlimits),
             )
         except BaseException as exc:
             os.close(out_r)
@@ -645,10 +645,32 @@ def _rlimit_settings(limits: LocalLimits) -> list[tuple[int, tuple[int, int]]]:
     return settings
 
 
-def _apply_rlimits(settings: list[tuple[int, tuple[int, int]]]) -> None:
-    # Runs in the child between fork and exec: keep it to system calls.
-    for which, limit in settings:
-        resource.setrlimit(which, limit)
+# Resource limits are applied by a tiny exec wrapper rather than a
+# preexec_fn: running Python code between fork and exec in a multi-threaded
+# server (gRPC's threads) can deadlock or crash the child.
+_RLIMIT_WRAPPER = """\
+import os, resource, sys
+for spec in sys.argv[1].split(","):
+    which, soft, hard = (int(x) for x in spec.split(":"))
+    resource.setrlimit(which, (soft, hard))
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except FileNotFoundError as exc:
+    sys.stderr.write(f"{sys.argv[2]}: command not found: {exc.strerror}\\n")
+    sys.exit(127)
+except PermissionError as exc:
+    sys.stderr.write(f"{sys.argv[2]}: cannot execute: {exc.strerror}\\n")
+    sys.exit(126)
+"""
+
+
+def _with_rlimits(
+    python: str, settings: list[tuple[int, tuple[int, int]]], argv: Sequence[str]
+) -> list[str]:
+    if not settings:
+        return list(argv)
+    spec = ",".join(f"{which}:{soft}:{hard}" for which, (soft, hard) in settings)
+    return [python, "-I", "-S", "-c", _RLIMIT_WRAPPER, spec, *argv]
 
 
 def _record_pgid(sandbox_dir: Path, pgid: int) -> None:
