@@ -69,9 +69,8 @@ async def test_fork_at_turn_one_keeps_turn_one_workspace(
     await run(client, fork.session_id, "what is in state.txt?")
     req = [r for r in fake_api.requests if "what is in state.txt?" in r.all_text()][-1]
     assert "one" in (req.last_tool_result_text() or "")
-    history = [r for r in fake_api.requests if "what is in state.txt?" in r.all_text()][
-        0
-    ].all_text()
+    first_request = next(r for r in fake_api.requests if "what is in state.txt?" in r.all_text())
+    history_text = first_request.all_text()
     assert "first" in history_text and "Turn one done." in history_text
     assert "Turn two done." not in history_text
 
