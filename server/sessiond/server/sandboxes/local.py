@@ -28,7 +28,8 @@ daemonising), together with the group ids in ``pgids`` and, on destroy, the
 processes whose cwd is inside the sandbox (all found through ``/proc``; on a
 system without ``/proc`` only the recorded process groups are killed).
 
-Enforced per process through ``setrlimit`` (inherited by children):
+Enforced per process through ``setrlimit`` in an exec wrapper (inherited
+by children):
 RLIMIT_CORE=0 always; RLIMIT_NOFILE, RLIMIT_FSIZE and RLIMIT_CPU as
 :class:`LocalLimits` says. *Not* enforced — there are no cgroups or
 namespaces here: total memory, total CPU, number of processes, disk usage,
@@ -117,7 +118,9 @@ class LocalSandboxProvider:
     isolated and what is not).
 
     ``python``: the interpreter whose directory leads PATH, so ``python3``
-    and ``sessiond-hydrator`` in a sandbox are the server's. ``base_env``
+    and ``sessiond-hydrator`` in a sandbox are the server's; it also runs
+    the few-line wrapper that applies the rlimits and execs the command
+    (adds roughly an interpreter start-up to every exec). ``base_env``
     replaces :func:`default_base_env` (``python``'s directory still leads
     PATH). ``SandboxSpec.image`` and ``timeout_seconds`` have no meaning here
     and are ignored.
@@ -658,7 +661,7 @@ try:
 except FileNotFoundError as exc:
     sys.stderr.write(f"{sys.argv[2]}: command not found: {exc.strerror}\\n")
     sys.exit(127)
-except PermissionError as exc:
+except OSError as exc:
     sys.stderr.write(f"{sys.argv[2]}: cannot execute: {exc.strerror}\\n")
     sys.exit(126)
 """
