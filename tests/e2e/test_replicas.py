@@ -16,6 +16,7 @@ import pytest
 
 from sessiond.api.v1 import common_pb2, transcripts_pb2
 from sessiond.client import AsyncClient, Unavailable
+from sessiond.server.core.sealing import MasterKey
 from tests.e2e.agent_env import ALLOWLIST, server_environ
 from tests.fakeapi import FakeMessagesAPI, text
 from tests.fakeapi.recorded import RecordedRequest
@@ -58,6 +59,8 @@ def replicas(
         SESSIOND_LEASE_TTL="3",
         SESSIOND_IDLE_TIMEOUT="3600",
         SESSIOND_DRAIN_SECONDS="5",
+        # Replicas share one master key (each would otherwise generate its own).
+        SESSIOND_MASTER_KEY=MasterKey.generate().encode(),
     )
     started = []
     for i, port in enumerate(ports):

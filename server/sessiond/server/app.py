@@ -23,20 +23,24 @@ from sessiond.api.v1 import (
     workspace_pb2,
     workspace_pb2_grpc,
 )
-from sessiond.client.errors import SessiondError
+from sessiond.client.errors import DataLoss, FailedPrecondition, SessiondError, Unavailable
 
 from .auth import AnonymousAuth, SandboxTokenAuth
 from .config import ServerConfig, parse_listen
 from .core.branching import Branching
+from .core.idempotency import Idempotency
+from .core.keyring import Keyring
 from .core.leases import LeaseManager
 from .core.lifecycle import Lifecycle, LifecycleConfig
 from .core.reaper import IdleReaper
+from .core.sealing import MasterKey, load_or_create_master_key, read_master_key_file
 from .core.sessions import Sessions
 from .core.transcripts import Transcripts
 from .core.workspace import Workspaces
 from .health import HealthMonitor
 from .identity import Identity
 from .interceptors import Authenticator, Metadata, ServerInterceptor
+from .metrics import MeteredProvider, MetricsEndpoint, ServerMetrics
 from .sandboxes.provider import SandboxProvider
 from .sandboxes.registry import open_sandbox_provider
 from .servicers.sessions import SessionServicer
@@ -57,6 +61,10 @@ SERVICE_NAMES = [
 
 
 class StoreOpenError(Exception):
+    """A store could not be opened or used: ``store`` is ``database``,
+    ``blobs`` or ``master-key`` (the master key does not open the data keys
+    stored in the database)."""
+
     def __init__(self, store: str, cause: SessiondError) -> None:
         super().__init__(str(cause))
         self.store = store
@@ -108,6 +116,9 @@ class SessiondServer:
         self._auth = _DeferredAuth(self._base_auth)
         self.port = 0
         self.replica_id = "r-" + secrets.token_hex(6)
+        # Per server, never global: two servers in one process do not clash.
+        self.metrics = ServerMetrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.provider = provider or open_sandbox_provider(
             config.sandbox_provider,
             data_dir=config.data_dir,
@@ -119,7 +130,7 @@ class SessiondServer:
             ("grpc.so_reuseport", 0),
         ]
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self._auth)], options=options
+            interceptors=[ServerInterceptor(self._auth, self.metrics)], options=options
         )
         self._health = HealthServicer()
         self._monitor = HealthMonitor(
@@ -130,6 +141,7 @@ class SessiondServer:
         )
         self.sessions = Sessions(stores.meta)
         self.leases = LeaseManager(stores.meta, self.replica_id, ttl=config.lease_ttl)
+        self.leases.on_conflict = self.metrics.lease_conflict
         hydrator: tuple[str, ...] = (
             (sys.executable, "-m", "sessiond.hydrator")
             if self.provider.name == "local"
@@ -137,7 +149,7 @@ class SessiondServer:
         )
         self.lifecycle = Lifecycle(
             stores.meta,
-            self.provider,
+            MeteredProvider(self.provider, self.metrics),
             self.leases,
             b"",
             LifecycleConfig(
@@ -147,6 +159,7 @@ class SessiondServer:
                 server_env=dict(os.environ if environ is None else environ),
             ),
         )
+        self.lifecycle.observer = self.metrics
         self.reaper = IdleReaper(
             stores.meta,
             self.lifecycle,
@@ -154,17 +167,23 @@ class SessiondServer:
             idle_timeout=config.idle_timeout,
             lease_ttl=config.lease_ttl,
         )
-        self.workspaces = Workspaces(stores.meta, stores.blobs)
+        self.master_key = master_key_of(config)
+        self.keyring = Keyring(stores.meta.tenants, self.master_key, encrypt=config.encryption)
+        self.workspaces = Workspaces(stores.meta, stores.blobs, keyring=self.keyring)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
-            WorkspaceServicer(self.workspaces), self._server
+            WorkspaceServicer(self.workspaces, self.metrics), self._server
         )
         self.transcripts = Transcripts(stores.meta)
         self.branching = Branching(stores.meta, self.transcripts, self.lifecycle)
+        self.idempotency = Idempotency(stores.meta.idempotency)
         sessions_pb2_grpc.add_SessionServiceServicer_to_server(
-            SessionServicer(self.sessions, self.lifecycle, self.branching), self._server
+            SessionServicer(
+                self.sessions, self.lifecycle, self.branching, self.idempotency, self.metrics
+            ),
+            self._server,
         )
         transcripts_pb2_grpc.add_TranscriptServiceServicer_to_server(
-            TranscriptServicer(self.transcripts), self._server
+            TranscriptServicer(self.transcripts, self.metrics), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -179,25 +198,64 @@ class SessiondServer:
     async def start(self) -> int:
         """Bind, probe the stores once, start serving. Returns the bound port."""
         await self.stores.meta.tenants.ensure(DEFAULT_TENANT, "default")
+        try:
+            # Fail fast on a wrong master key: the default tenant always
+            # exists, and gets a data key here (with encryption on) that every
+            # later start must be able to unwrap.
+            await self.keyring.sealer(DEFAULT_TENANT)
+        except (FailedPrecondition, DataLoss) as exc:
+            raise StoreOpenError("master-key", exc) from exc
         token_key = await self.stores.meta.server_key("sandbox-token-hmac")
-        self._auth.target = SandboxTokenAuth(token_key, self._base_auth)
+        self._auth.target = SandboxTokenAuth(
+            token_key,
+            self._base_auth,
+            self.stores.meta.tenants,
+            cache_seconds=self.config.auth_cache_seconds,
+        )
         host, port = parse_listen(self.config.listen)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
+        self.port = self._bind(address)
         advertise = self.config.advertise_address or f"{_connect_host(host)}:{self.port}"
         self.lifecycle.configure(token_key=token_key, server_address=advertise)
         await self._monitor.check_once()
+        if self.config.metrics_listen:
+            self._serve_metrics(self.config.metrics_listen)
         await self._server.start()
         self._monitor.start()
         self.reaper.start()
         log.info(
-            "sessiond listening on %s:%d (replica %s, sandboxes: %s)",
+            "sessiond listening on %s:%d (replica %s, sandboxes: %s, encryption at rest: %s)",
             host,
             self.port,
             self.replica_id,
             self.provider.name,
+            f"on, master key {self.master_key.key_id}"
+            if self.master_key is not None and self.config.encryption
+            else "off",
         )
         return self.port
+
+    def _bind(self, address: str) -> int:
+        """Add the listening port: TLS (client certificates required when a
+        client CA is configured) or plaintext. RuntimeError if it cannot
+        be bound."""
+        tls = self.config.tls
+        if tls is None:
+            return int(self._server.add_insecure_port(address))
+        creds = grpc.ssl_server_credentials(
+            [(tls.private_key, tls.cert_chain)],
+            root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None,
+        )
+        return int(self._server.add_secure_port(address, creds))
+
+    def _serve_metrics(self, listen: str) -> None:
+        host, port = parse_listen(listen, "--metrics-listen")
+        try:
+            self.metrics_endpoint = self.metrics.serve(host, port)
+        except OSError as exc:
+            raise Unavailable(f"--metrics-listen {listen}: {exc.strerror or exc}") from exc
+        log.info("metrics on http://%s:%d/metrics", host, self.metrics_endpoint.port)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -208,6 +266,10 @@ class SessiondServer:
         await self.reaper.stop()
         await self._monitor.stop()
         await self._server.stop(self.config.drain_seconds if grace is None else grace)
+        await self.idempotency.close(grace=10.0)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         await self.provider.close()
         await self.stores.close()
 
@@ -221,6 +283,26 @@ class _DeferredAuth:
 
     async def authenticate(self, metadata: Metadata, method: str) -> Identity:
         return await self.target.authenticate(metadata, method)
+
+
+def master_key_of(config: ServerConfig) -> MasterKey | None:
+    """The configured master key; without one, the embedded default in the
+    data dir — generated on first start when encryption is on, read if it
+    exists when off. ``InvalidArgument`` for a malformed or unreadable key."""
+    if config.master_key is not None:
+        return MasterKey.from_bytes(config.master_key)
+    path = ServerConfig.default_master_key_file(config.data_dir)
+    if not config.encryption:
+        return read_master_key_file(path) if path.exists() else None
+    key, created = load_or_create_master_key(path)
+    if created:
+        log.warning(
+            "generated master key %s in %s (mode 0600): back it up and give every replica"
+            " the same key; without it no encrypted data can be read",
+            key.key_id,
+            path.resolve(),
+        )
+    return key
 
 
 def _connect_host(host: str) -> str:

@@ -11,6 +11,18 @@ from sessiond.client.errors import InvalidArgument
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_IDLE_TIMEOUT = 900.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+MASTER_KEY_FILE = "master.key"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """PEM material of the listener (read by the CLI, never paths here)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    # When set, clients must present a certificate signed by one of these
+    # CAs (mTLS); API keys are still required on top with --auth api-key.
+    client_ca: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +49,21 @@ class ServerConfig:
     lease_ttl: float = 30.0
     # Glob patterns of server environment variables passed into sandboxes.
     env_allowlist: tuple[str, ...] = ("ANTHROPIC_*", "CLAUDE_CODE_*")
+    # TLS on the gRPC listener; None = plaintext.
+    tls: TlsConfig | None = None
+    # HOST:PORT of the Prometheus endpoint; "" = no endpoint.
+    metrics_listen: str = ""
+    # Seconds a verified API key is trusted without a database lookup: a
+    # revoked key keeps working on a replica for up to this long.
+    auth_cache_seconds: float = 5.0
+    # Seal stored chunks and manifests with per-tenant data keys. Off: new
+    # objects are stored as-is (objects sealed earlier stay readable while
+    # a master key is available).
+    encryption: bool = True
+    # The master key's 32 bytes (never logged: repr=False). None: the
+    # embedded default, <data_dir>/master.key, generated on first start
+    # (with encryption off it is read if present, never generated).
+    master_key: bytes | None = field(default=None, repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
@@ -45,16 +72,20 @@ class ServerConfig:
         root = data_dir.resolve()
         return f"sqlite:///{root / 'metadata.db'}", f"file://{root / 'blobs'}"
 
+    @staticmethod
+    def default_master_key_file(data_dir: Path) -> Path:
+        return data_dir / MASTER_KEY_FILE
 
-def parse_listen(value: str) -> tuple[str, int]:
+
+def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6) → (host, port); InvalidArgument
     naming the flag otherwise."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise InvalidArgument(f"--listen {value!r}: expected HOST:PORT")
+        raise InvalidArgument(f"{flag} {value!r}: expected HOST:PORT")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise InvalidArgument(f"--listen {value!r}: port out of range")
+        raise InvalidArgument(f"{flag} {value!r}: port out of range")
     return host.strip("[]"), port
 
 

@@ -7,6 +7,8 @@
   the traceback is logged, never sent.
 * One log line per RPC: method, status, duration, tenant and the ids/byte
   counts servicers attached with :func:`log_field`. Never request content.
+  The fields also travel as ``record.rpc`` (a dict) for the JSON log format.
+* Metrics (when given): latency histogram and counter by method and code.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .identity import (
     reset_identity,
     set_identity,
 )
+from .metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,9 @@ class Authenticator(Protocol):
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: ServerMetrics | None = None) -> None:
         self._auth = authenticator
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -59,7 +63,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
         metadata: Metadata = tuple(details.invocation_metadata or ())
-        return _wrap(handler, method, metadata, self._auth)
+        return _wrap(handler, method, metadata, self._auth, self._metrics)
 
 
 async def _enter(
@@ -77,26 +81,44 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
-def _log_line(
+def _finish(
     method: str,
     code: grpc.StatusCode,
     started: float,
     ident: Identity | None,
     fields: dict[str, object],
+    metrics: ServerMetrics | None,
 ) -> None:
+    """The RPC's log line and metrics."""
+    seconds = time.monotonic() - started
+    if metrics is not None:
+        metrics.observe_rpc(method, code.name, seconds)
     extra = " ".join(f"{k}={v}" for k, v in fields.items())
+    tenant = ident.tenant_id if ident else "-"
+    rpc: dict[str, object] = {
+        "method": method,
+        "code": code.name,
+        "tenant": tenant,
+        "duration_ms": round(seconds * 1000, 1),
+        **fields,
+    }
     log.info(
         "rpc %s code=%s tenant=%s duration_ms=%.1f %s",
         method,
         code.name,
-        ident.tenant_id if ident else "-",
-        (time.monotonic() - started) * 1000,
+        tenant,
+        seconds * 1000,
         extra,
+        extra={"rpc": rpc},
     )
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler, method: str, metadata: Metadata, auth: Authenticator
+    handler: grpc.RpcMethodHandler,
+    method: str,
+    metadata: Metadata,
+    auth: Authenticator,
+    metrics: ServerMetrics | None,
 ) -> grpc.RpcMethodHandler:
     if handler.response_streaming:
         inner_stream: Callable[[Any, ServicerContext], AsyncIterator[Any]] = (
@@ -128,7 +150,7 @@ def _wrap(
                 log.exception("unhandled error in %s", method)
                 await context.abort(code, message)
             finally:
-                _log_line(method, code, started, ident, fields)
+                _finish(method, code, started, ident, fields, metrics)
                 reset_identity(itoken)
                 end_log_fields(ftoken)
 
@@ -171,7 +193,7 @@ def _wrap(
             log.exception("unhandled error in %s", method)
             await context.abort(code, message)
         finally:
-            _log_line(method, code, started, ident, fields)
+            _finish(method, code, started, ident, fields, metrics)
             reset_identity(itoken)
             end_log_fields(ftoken)
 

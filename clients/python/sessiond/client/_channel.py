@@ -28,11 +28,28 @@ def aio_channel(
     *,
     root_certificates: bytes | None = None,
     tls: bool = False,
+    client_cert: bytes | None = None,
+    client_key: bytes | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> grpc.aio.Channel:
+    """A channel to ``target``: plaintext unless TLS is asked for.
+
+    TLS is used when ``tls`` is true or any of the PEM arguments is given.
+    ``root_certificates`` are the CAs trusted for the server's certificate
+    (None: gRPC's default roots, which honour
+    ``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``). ``client_cert`` and ``client_key``
+    (PEM, both or neither — ``ValueError`` otherwise) are presented to a
+    server that requires client certificates (mTLS).
+    """
     options = channel_options(max_message_bytes)
-    if tls or root_certificates is not None:
-        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key must be given together")
+    if tls or root_certificates is not None or client_cert is not None:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=client_key,
+            certificate_chain=client_cert,
+        )
         return grpc.aio.secure_channel(target, creds, options=options)
     return grpc.aio.insecure_channel(target, options=options)
 

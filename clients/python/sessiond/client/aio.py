@@ -29,6 +29,15 @@ class AsyncClient:
     ``target`` is ``host:port``. ``token`` is a tenant API key or a sandbox
     token, sent as ``authorization: Bearer``. Use as an async context manager
     or call :meth:`close`.
+
+    TLS: ``tls=True`` (implied by any PEM argument) verifies the server
+    against ``root_certificates`` (PEM; None = the system roots);
+    ``client_cert`` + ``client_key`` (PEM) authenticate this client to a
+    server that requires client certificates (mTLS).
+
+    ``idempotency_key`` on mutating calls: the same key with the same request
+    returns the first call's result (within 24 hours); the same key with a
+    different request is ``InvalidArgument``.
     """
 
     def __init__(
@@ -38,6 +47,8 @@ class AsyncClient:
         token: str | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = 60.0,
     ) -> None:
@@ -46,6 +57,8 @@ class AsyncClient:
             target,
             tls=tls,
             root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
             max_message_bytes=max_message_bytes,
         )
         self._md = auth_metadata(token)
@@ -197,10 +210,12 @@ class AsyncClient:
         async for event in stream(responses):
             yield event
 
-    async def suspend(self, session_id: str) -> sessions_pb2.SuspendResponse:
+    async def suspend(
+        self, session_id: str, *, idempotency_key: str = ""
+    ) -> sessions_pb2.SuspendResponse:
         return await call(
             self.sessions.Suspend,
-            sessions_pb2.SuspendRequest(session_id=session_id),
+            sessions_pb2.SuspendRequest(session_id=session_id, idempotency_key=idempotency_key),
             metadata=self._md,
             timeout=None,
         )
@@ -219,11 +234,15 @@ class AsyncClient:
         *,
         at_message_uuid: str = "",
         labels: Mapping[str, str] | None = None,
+        idempotency_key: str = "",
     ) -> common_pb2.Session:
         return await call(
             self.sessions.Fork,
             sessions_pb2.ForkRequest(
-                session_id=session_id, at_message_uuid=at_message_uuid, labels=dict(labels or {})
+                session_id=session_id,
+                at_message_uuid=at_message_uuid,
+                labels=dict(labels or {}),
+                idempotency_key=idempotency_key,
             ),
             metadata=self._md,
             timeout=None,
@@ -249,9 +268,13 @@ class AsyncClient:
         message_uuid: str = "",
         into_new_session: bool = False,
         labels: Mapping[str, str] | None = None,
+        idempotency_key: str = "",
     ) -> common_pb2.Session:
         req = sessions_pb2.RestoreRequest(
-            session_id=session_id, into_new_session=into_new_session, labels=dict(labels or {})
+            session_id=session_id,
+            into_new_session=into_new_session,
+            labels=dict(labels or {}),
+            idempotency_key=idempotency_key,
         )
         if snapshot_id:
             req.snapshot_id = snapshot_id

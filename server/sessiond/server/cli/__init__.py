@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     client.add_parsers(sub)
     _add_admin(sub)
+    _add_maintenance(sub)
     return parser
 
 
@@ -32,6 +33,15 @@ def _add_admin(sub: object) -> None:
     except ImportError:
         return
     admin.add_parser(sub)
+
+
+def _add_maintenance(sub: object) -> None:
+    # gc and check work on the stores directly and need the server extra.
+    try:
+        from . import maintenance
+    except ImportError:
+        return
+    maintenance.add_parsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,9 @@
 """``sessiond admin``: tenants and API keys, straight on the metadata store.
 
     sessiond admin tenants create ID [--name NAME]   prints the first API key
+    sessiond admin tenants rm ID [--blob-url URL]    crypto-shreds, then deletes everything
+    sessiond admin tenants set ID [--keep-last N] [--expire-suspended-days D]
+                                         retention, applied by `sessiond gc` (0: no limit)
     sessiond admin keys create TENANT [--expires-in SECONDS]
     sessiond admin keys ls TENANT
     sessiond admin keys revoke TENANT KEY_ID
@@ -12,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sessiond.client.errors import SessiondError
 
+from ..config import ServerConfig
 from ..core.tenants import Tenants
+from ..storage.blob import BlobStore
+from ..storage.blob_url import open_blob_store
 from ..storage.metadata_url import open_metadata_store
 from .options import add_store_flags, database_url
 
@@ -40,6 +48,37 @@ def add_parser(sub: Any) -> None:
     create.add_argument("tenant_id")
     create.add_argument("--name", default="")
     create.set_defaults(run=_run(_tenant_create))
+    rm = tsub.add_parser(
+        "rm",
+        help="delete a tenant: destroy its data key (its stored data is unreadable from then"
+        " on), then its objects and rows; re-run to finish an interrupted deletion",
+    )
+    rm.add_argument("tenant_id")
+    rm.add_argument(
+        "--blob-url",
+        default=os.environ.get("SESSIOND_BLOB_URL", ""),
+        help="the server's blob store (env SESSIOND_BLOB_URL; default: the data dir's)",
+    )
+    rm.set_defaults(run=_run(_tenant_rm, blobs=True))
+    tset = tsub.add_parser(
+        "set", help="set a tenant's retention (applied by `sessiond gc`; 0 removes a limit)"
+    )
+    tset.add_argument("tenant_id")
+    tset.add_argument(
+        "--keep-last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep the newest N snapshots of each session (its latest always stays)",
+    )
+    tset.add_argument(
+        "--expire-suspended-days",
+        type=int,
+        default=None,
+        metavar="D",
+        help="delete sessions that stayed suspended for D days",
+    )
+    tset.set_defaults(run=_run(_tenant_set))
 
     keys = groups.add_parser("keys", help="API keys")
     ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -59,13 +98,19 @@ def add_parser(sub: Any) -> None:
 Action = Callable[[Tenants, argparse.Namespace], Awaitable[None]]
 
 
-def _run(action: Action) -> Callable[[argparse.Namespace], int]:
+def _run(action: Action, *, blobs: bool = False) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         async def go() -> None:
             meta = await open_metadata_store(database_url(args))
+            store: BlobStore | None = None
             try:
-                await action(Tenants(meta), args)
+                if blobs:
+                    url = args.blob_url or ServerConfig.embedded(Path(args.data_dir))[1]
+                    store = await open_blob_store(url, data_dir=Path(args.data_dir))
+                await action(Tenants(meta, store), args)
             finally:
+                if store is not None:
+                    await store.close()
                 await meta.close()
 
         try:
@@ -83,6 +128,22 @@ async def _tenant_create(tenants: Tenants, args: argparse.Namespace) -> None:
     print(f"tenant  {tenant.tenant_id}")
     print(f"key_id  {key.record.key_id}")
     print(f"api_key {key.token}")
+
+
+async def _tenant_rm(tenants: Tenants, args: argparse.Namespace) -> None:
+    done = await tenants.delete(args.tenant_id)
+    print(f"deleted tenant {done.tenant_id} ({done.objects} objects, {done.bytes} bytes)")
+
+
+async def _tenant_set(tenants: Tenants, args: argparse.Namespace) -> None:
+    r = await tenants.set_retention(
+        args.tenant_id,
+        keep_last_snapshots=args.keep_last,
+        expire_suspended_days=args.expire_suspended_days,
+    )
+    keep = r.keep_last_snapshots or "all"
+    days = r.expire_suspended_days or "never"
+    print(f"tenant {r.tenant_id}: keep last {keep} snapshots, expire suspended after {days} days")
 
 
 async def _key_create(tenants: Tenants, args: argparse.Namespace) -> None:

@@ -2,13 +2,17 @@
 
 With no flags it runs the embedded default: SQLite metadata and a local blob
 directory under ``./.sessiond`` (or ``$SESSIOND_DATA_DIR``), auth off,
-listening on 127.0.0.1:50051. Every flag has an environment variable.
+listening on 127.0.0.1:50051, stored data encrypted under a master key
+generated into ``<data dir>/master.key``. Every flag has an environment
+variable; the master key itself can be given as ``$SESSIOND_MASTER_KEY``
+(base64 or hex of 32 bytes), which keeps it off the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -18,11 +22,28 @@ from typing import Any
 
 from sessiond.client.errors import InvalidArgument, SessiondError
 
-from ..config import DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, ServerConfig, is_loopback, parse_listen
+from .. import logformat
+from ..config import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LISTEN,
+    ServerConfig,
+    TlsConfig,
+    is_loopback,
+    parse_listen,
+)
 from ..core.sandbox_env import parse_allowlist
+from ..core.sealing import MasterKey, read_master_key_file
 from .options import add_store_flags
 
 log = logging.getLogger("sessiond.server")
+
+ENV_MASTER_KEY = "SESSIOND_MASTER_KEY"
+# Where a problem with each store is reported (StoreOpenError.store → flag).
+_STORE_FLAGS = {
+    "database": "--database-url",
+    "blobs": "--blob-url",
+    "master-key": "--master-key-file",
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -86,9 +107,67 @@ def add_parser(sub: Any) -> None:
         help="grace period for in-flight RPCs on SIGTERM (default %(default)s)",
     )
     p.add_argument(
+        "--encryption",
+        default=env("SESSIOND_ENCRYPTION", "on"),
+        choices=["on", "off"],
+        help="seal stored chunks and manifests with per-tenant keys; 'off' stores new data"
+        " as-is, data sealed earlier stays readable (env SESSIOND_ENCRYPTION; default %(default)s)",
+    )
+    p.add_argument(
+        "--master-key-file",
+        default=env("SESSIOND_MASTER_KEY_FILE", ""),
+        metavar="PATH",
+        help="file holding the master key (base64 or hex of 32 bytes, or the raw bytes)"
+        f" that wraps tenants' data keys; or set ${ENV_MASTER_KEY} to the key itself"
+        " (env SESSIOND_MASTER_KEY_FILE; default: <data dir>/master.key, generated on first"
+        " start — every replica needs the same key)",
+    )
+    p.add_argument(
         "--log-level",
         default=env("SESSIOND_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    p.add_argument(
+        "--log-format",
+        default=env("SESSIOND_LOG_FORMAT", "text"),
+        choices=list(logformat.FORMATS),
+        help="'text' lines or 'json' objects (ts, level, logger, msg and each RPC's fields)"
+        " on stderr (env SESSIOND_LOG_FORMAT; default %(default)s)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=env("SESSIOND_TLS_CERT", ""),
+        metavar="PEM",
+        help="serve TLS with this certificate chain (env SESSIOND_TLS_CERT; needs --tls-key)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=env("SESSIOND_TLS_KEY", ""),
+        metavar="PEM",
+        help="private key of --tls-cert (env SESSIOND_TLS_KEY)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=env("SESSIOND_TLS_CLIENT_CA", ""),
+        metavar="PEM",
+        help="require client certificates signed by these CAs: mTLS (env SESSIOND_TLS_CLIENT_CA;"
+        " needs --tls-cert). Sandboxes reach the server with tokens, not certificates: a"
+        " managed sandbox provider cannot call back through an mTLS listener",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default=env("SESSIOND_METRICS_LISTEN", ""),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (env SESSIOND_METRICS_LISTEN;"
+        " default: off)",
+    )
+    p.add_argument(
+        "--auth-cache-seconds",
+        type=float,
+        default=float(env("SESSIOND_AUTH_CACHE_SECONDS", "5")),
+        help="seconds a verified API key is trusted without a database lookup; a revoked key"
+        " keeps working on a replica for up to this long (0: no cache; env"
+        " SESSIOND_AUTH_CACHE_SECONDS; default %(default)s)",
     )
     p.set_defaults(run=run)
 
@@ -106,6 +185,10 @@ def _config(args: argparse.Namespace) -> ServerConfig:
             f"--listen {args.listen}: with --auth none sessiond only listens on loopback;"
             " use --auth api-key"
         )
+    if args.metrics_listen:
+        parse_listen(args.metrics_listen, "--metrics-listen")
+    if args.auth_cache_seconds < 0:
+        raise InvalidArgument("--auth-cache-seconds must not be negative")
     return ServerConfig(
         data_dir=data_dir,
         database_url=args.database_url or db_default,
@@ -118,17 +201,66 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         advertise_address=args.advertise_address,
         lease_ttl=args.lease_ttl,
         env_allowlist=parse_allowlist(args.env_allowlist),
+        encryption=args.encryption == "on",
+        tls=_tls(args),
+        metrics_listen=args.metrics_listen,
+        auth_cache_seconds=args.auth_cache_seconds,
     )
+
+
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    """The listener's TLS material from the flags (read here, at the edge);
+    ``InvalidArgument`` naming the flag for a missing pair or a file that
+    cannot be read or holds no PEM."""
+    if not args.tls_cert and not args.tls_key:
+        if args.tls_client_ca:
+            raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not args.tls_cert or not args.tls_key:
+        missing = "--tls-key" if args.tls_cert else "--tls-cert"
+        raise InvalidArgument(f"{missing} is required with TLS (give --tls-cert and --tls-key)")
+    return TlsConfig(
+        cert_chain=_pem("--tls-cert", args.tls_cert),
+        private_key=_pem("--tls-key", args.tls_key),
+        client_ca=_pem("--tls-client-ca", args.tls_client_ca) if args.tls_client_ca else None,
+    )
+
+
+def _pem(flag: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"{flag} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise InvalidArgument(f"{flag} {path}: not a PEM file")
+    return data
+
+
+def _master_key(args: argparse.Namespace) -> bytes | None:
+    """The master key from ``--master-key-file`` or ``$SESSIOND_MASTER_KEY``
+    (never both); None: the embedded default, left to the server.
+    ``InvalidArgument`` naming the flag or variable, never the key."""
+    text = os.environ.get(ENV_MASTER_KEY, "")
+    if args.master_key_file and text:
+        raise InvalidArgument(f"--master-key-file and ${ENV_MASTER_KEY} are both set: give one")
+    if args.master_key_file:
+        try:
+            return read_master_key_file(Path(args.master_key_file)).key
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"--master-key-file {exc}") from None
+    if text:
+        try:
+            return MasterKey.parse(text).key
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"${ENV_MASTER_KEY}: {exc}") from None
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.configure(args.log_level, args.log_format, sys.stderr)
     try:
         config = _config(args)
+        config = dataclasses.replace(config, master_key=_master_key(args))
         if not args.database_url or not args.blob_url:
             config.data_dir.mkdir(parents=True, exist_ok=True)
     except (InvalidArgument, OSError) as exc:
@@ -141,20 +273,37 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
-    from ..app import SessiondServer, StoreOpenError, Stores
+    from ..app import SessiondServer, StoreOpenError, Stores, master_key_of
     from ..auth import AnonymousAuth, ApiKeyAuth
     from ..storage.metadata import DEFAULT_TENANT
 
     try:
         stores = await Stores.open(config)
     except StoreOpenError as exc:
-        flag = "--database-url" if exc.store == "database" else "--blob-url"
-        print(f"sessiond: error: {flag}: {exc}", file=sys.stderr)
+        print(f"sessiond: error: {_STORE_FLAGS[exc.store]}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc.cause, InvalidArgument) else 1
 
     authenticator = (
-        ApiKeyAuth(stores.meta) if config.auth == "api-key" else AnonymousAuth(DEFAULT_TENANT)
+        ApiKeyAuth(stores.meta, config.auth_cache_seconds)
+        if config.auth == "api-key"
+        else AnonymousAuth(DEFAULT_TENANT)
     )
+    try:
+        master = master_key_of(config)
+    except InvalidArgument as exc:
+        await stores.close()
+        print(f"sessiond: error: --master-key-file: {exc}", file=sys.stderr)
+        return 2
+    if master is not None and config.master_key is None:
+        config = dataclasses.replace(config, master_key=master.key)
+    explicit_key = args.master_key_file or os.environ.get(ENV_MASTER_KEY)
+    if config.encryption and args.database_url and not explicit_key:
+        log.warning(
+            "encryption at rest uses the master key in %s; replicas sharing this"
+            " database need the same key (--master-key-file or $%s)",
+            ServerConfig.default_master_key_file(config.data_dir),
+            ENV_MASTER_KEY,
+        )
     try:
         server = SessiondServer(config, stores, authenticator)
     except SessiondError as exc:
@@ -163,6 +312,10 @@ async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
         return 2
     try:
         port = await server.start()
+    except StoreOpenError as exc:
+        await stores.close()
+        print(f"sessiond: error: {_STORE_FLAGS[exc.store]}: {exc}", file=sys.stderr)
+        return 1
     except (SessiondError, RuntimeError) as exc:
         await stores.close()
         print(f"sessiond: error: cannot start on {config.listen}: {exc}", file=sys.stderr)
@@ -176,6 +329,13 @@ async def _serve(config: ServerConfig, args: argparse.Namespace) -> int:
         if config.auth == "api-key"
         else "auth is OFF (every caller is tenant 'default'): loopback only",
     )
+    if config.tls is not None:
+        log.info("TLS on%s", " (client certificates required)" if config.tls.client_ca else "")
+    elif not is_loopback(parse_listen(config.listen)[0]):
+        log.warning(
+            "listening beyond loopback without TLS: API keys travel in plaintext;"
+            " use --tls-cert/--tls-key"
+        )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sessiond.client.errors import Aborted
@@ -70,6 +70,9 @@ class LeaseManager:
         self.owner = owner
         self.ttl = ttl
         self.wait_timeout = wait_timeout
+        # Called with "wait" (another holder: queued), "busy" (gave up) or
+        # "lost" (taken over while held); for metrics. Must not raise.
+        self.on_conflict: Callable[[str], None] | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
@@ -105,6 +108,7 @@ class LeaseManager:
     async def _acquire(self, tenant_id: str, session_id: str) -> Lease:
         deadline = time.monotonic() + self.wait_timeout
         delay = 0.05
+        waited = False
         while True:
             before = await self._meta.sessions.get(tenant_id, session_id)
             record = await self._meta.sessions.acquire_lease(
@@ -123,7 +127,11 @@ class LeaseManager:
                     previous if took_over else None,
                     self._meta,
                 )
+            if not waited:
+                waited = True
+                self._conflict("wait")
             if time.monotonic() > deadline:
+                self._conflict("busy")
                 raise Aborted(f"session {session_id} is busy; try again")
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
@@ -137,9 +145,14 @@ class LeaseManager:
                 )
             except Aborted:
                 log.warning("lease lost session=%s epoch=%s", lease.session_id, lease.epoch)
+                self._conflict("lost")
                 lease.lost.set()
                 return
             except Exception:
                 # The database may be briefly unreachable; the lease is still
                 # ours until it expires, so keep trying.
                 log.warning("lease renewal failed session=%s; retrying", lease.session_id)
+
+    def _conflict(self, reason: str) -> None:
+        if self.on_conflict is not None:
+            self.on_conflict(reason)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sessiond.client.errors import (
     FailedPrecondition,
@@ -66,6 +66,13 @@ class TurnEvent:
     message_uuid: str = ""
 
 
+class LifecycleObserver(Protocol):
+    def observe(self, operation: str, trigger: str, seconds: float, ok: bool) -> None:
+        """``operation`` ("hydrate" or "snapshot", with its trigger) took
+        ``seconds`` and succeeded or not. Must not raise or block."""
+        ...
+
+
 class Lifecycle:
     def __init__(
         self,
@@ -81,6 +88,12 @@ class Lifecycle:
         self.leases = leases
         self._token_key = token_key
         self.config = config
+        # Timings of hydrates and snapshots (metrics); set by the server.
+        self.observer: LifecycleObserver | None = None
+
+    def _observe(self, operation: str, trigger: str, started: float, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer.observe(operation, trigger, time.monotonic() - started, ok)
 
     def configure(self, *, token_key: bytes, server_address: str) -> None:
         """Set what is only known once the server is bound and the database
@@ -160,7 +173,13 @@ class Lifecycle:
             record = await lease.update(
                 SessionChanges(state=fallback, sandbox_id="", sandbox_cwd="")
             )
-        return await self._hydrate(lease)
+        started, ok = time.monotonic(), False
+        try:
+            record = await self._hydrate(lease)
+            ok = True
+            return record
+        finally:
+            self._observe("hydrate", "", started, ok)
 
     async def _hydrate(self, lease: Lease) -> SessionRecord:
         record = lease.record
@@ -334,6 +353,15 @@ class Lifecycle:
 
     async def snapshot(self, lease: Lease, *, trigger: str) -> str:
         """Snapshot the live sandbox; return the snapshot id."""
+        started, ok = time.monotonic(), False
+        try:
+            snapshot_id = await self._snapshot(lease, trigger)
+            ok = True
+            return snapshot_id
+        finally:
+            self._observe("snapshot", trigger, started, ok)
+
+    async def _snapshot(self, lease: Lease, trigger: str) -> str:
         record = lease.record
         if not record.sandbox_id or not record.sandbox_cwd:
             raise FailedPrecondition(f"session {record.session_id} has no sandbox to snapshot")

@@ -5,6 +5,11 @@ its chunks are indexed; a manifest is accepted only when every tree and chunk
 it reaches is indexed; a snapshot becomes visible only in the transaction
 that checks the caller's lease epoch. A crash anywhere leaves unreferenced
 garbage, never a snapshot that points at missing data.
+
+Encryption at rest happens here, between the verified upload and storage
+and between storage and the response (:mod:`.sealing`): hydrators send and
+receive plain zstd frames and manifests and never see a data key or a
+sealed byte.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +43,10 @@ from ..storage.records import (
     SnapshotRecord,
 )
 from .chunk_reader import ChunkReader, StoredChunk
+from .keyring import KEY_CACHE_SECONDS, Keyring
 from .limits import WorkspaceLimits
-from .packs import ChunkSpec, check_header, manifest_key, pack_id, pack_key, verify_frames
+from .packs import ChunkSpec, check_header, manifest_key, pack_key, seal_pack
+from .sealing import KeyUnavailable, Sealer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ class WorkspaceInfo:
 
 
 class Workspaces:
+    """``keyring`` seals what is stored; without one, objects are stored
+    as-is (format byte 0x00) and sealed ones cannot be read."""
+
     def __init__(
         self,
         meta: MetadataStore,
@@ -61,22 +72,58 @@ class Workspaces:
         limits: WorkspaceLimits | None = None,
         *,
         pack_slots: int = 4,
+        keyring: Keyring | None = None,
     ) -> None:
         self._meta = meta
         self._blobs = blobs
         self.limits = limits or WorkspaceLimits()
         self.reader = ChunkReader(blobs)
-        self._keys: dict[str, bytes] = {}
+        self.keyring = keyring or Keyring(meta.tenants, None, encrypt=False)
+        # Cached like data keys (and for as long): a tenant deleted and
+        # created again gets a new chunk key, which must not be shadowed.
+        self._keys: dict[str, tuple[float, bytes]] = {}
         # A pack is held in memory while it is verified and stored; bound how
         # many are in flight so server memory stays bounded whatever the load.
         self._pack_slots = asyncio.Semaphore(pack_slots)
 
     async def _chunk_key(self, tenant_id: str) -> bytes:
-        key = self._keys.get(tenant_id)
-        if key is None:
-            key = (await self._meta.tenants.get(tenant_id)).chunk_key
-            self._keys[tenant_id] = key
+        now = time.monotonic()
+        cached = self._keys.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = (await self._meta.tenants.get(tenant_id)).chunk_key
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[tenant_id] = (now + KEY_CACHE_SECONDS, key)
         return key
+
+    async def sealer(self, tenant_id: str, *, refresh: bool = False) -> Sealer:
+        """The tenant's :class:`Sealer` (for ``check --read-data`` and other
+        readers of stored objects). Errors as :meth:`Keyring.sealer`."""
+        return await self.keyring.sealer(tenant_id, refresh=refresh)
+
+    async def open_stored_chunk(
+        self, tenant_id: str, location: ChunkLocation, stored: bytes
+    ) -> bytes:
+        """The plaintext of a chunk from its stored bytes (as :class:`ChunkReader`
+        returns them): unsealed, decompressed and checked against its id.
+        ``DataLoss`` naming the chunk if any step fails."""
+        key = await self._chunk_key(tenant_id)
+        frames = await self._open_stored(tenant_id, [StoredChunk(location, stored)])
+        return await asyncio.to_thread(
+            fmt.open_chunk, key, location.chunk_id, frames[0].frame, location.raw_length
+        )
+
+    async def _open_stored(self, tenant_id: str, stored: list[StoredChunk]) -> list[StoredChunk]:
+        """``stored`` with each frame unsealed (in a worker thread)."""
+        sealer = await self.keyring.sealer(tenant_id)
+        try:
+            return await asyncio.to_thread(_open_frames, sealer, stored)
+        except KeyUnavailable:
+            # Sealed by a replica that created the tenant's data key after
+            # this one cached the tenant as keyless: look again, once.
+            sealer = await self.keyring.sealer(tenant_id, refresh=True)
+            return await asyncio.to_thread(_open_frames, sealer, stored)
 
     async def _live_session(self, tenant_id: str, session_id: str) -> SessionRecord:
         record = await self._meta.sessions.get(tenant_id, session_id)
@@ -143,28 +190,34 @@ class Workspaces:
         if len(buf) != total:
             raise InvalidArgument(f"pack data is {len(buf)} bytes, header announces {total}")
         key = await self._chunk_key(tenant_id)
-        await asyncio.to_thread(verify_frames, key, chunks, buf)
-        pid = pack_id(buf)
-        blob_key = pack_key(tenant_id, pid)
-        # Data first: the pack object is durable before any index row names it.
-        await self._blobs.put(blob_key, bytes(buf))
-        size = len(buf)
+        sealer = await self.keyring.sealer(tenant_id)
+        # Verified, then sealed chunk by chunk: nothing unverified is sealed
+        # and nothing unsealed is stored. seal_pack empties buf before it
+        # copies out the stored form, so about two packs' worth is held.
+        sealed = await asyncio.to_thread(seal_pack, key, sealer, chunks, buf)
         del buf
+        pid, body, lengths = sealed.pack_id, sealed.data, sealed.lengths
+        del sealed
+        blob_key = pack_key(tenant_id, pid)
+        size = len(body)
+        # Data first: the pack object is durable before any index row names it.
+        await self._blobs.put(blob_key, body)
+        del body
         locations = []
         offset = 0
-        for c in chunks:
+        for c, length in zip(chunks, lengths, strict=True):
             locations.append(
                 ChunkLocation(
                     chunk_id=c.chunk_id,
                     pack_id=pid,
                     blob_key=blob_key,
                     offset=offset,
-                    length=c.length,
+                    length=length,
                     raw_length=c.raw_length,
                     kind=c.kind,
                 )
             )
-            offset += c.length
+            offset += length
         stored = await self._meta.chunks.add_pack(
             tenant_id, PackRecord(pack_id=pid, blob_key=blob_key, size=size), locations
         )
@@ -185,13 +238,14 @@ class Workspaces:
     async def get_chunks(
         self, tenant_id: str, session_id: str, ids: Sequence[bytes]
     ) -> AsyncIterator[list[StoredChunk]]:
-        """Stored frames in request order, in windows of bounded size.
-        ``DataLoss`` if a chunk is not stored or its pack is gone."""
+        """The chunks' zstd frames (unsealed) in request order, in windows of
+        bounded size. ``DataLoss`` if a chunk is not stored, its pack is
+        gone, or its stored bytes do not authenticate (naming the chunk)."""
         self._check_ids(ids)
         await self._live_session(tenant_id, session_id)
         locations = await self.locate(tenant_id, ids)
         async for window in self.reader.read_windows(locations):
-            yield window
+            yield await self._open_stored(tenant_id, window)
 
     # -- PutManifest / GetManifest ---------------------------------------------
 
@@ -209,8 +263,15 @@ class Workspaces:
         await self._verify_trees(tenant_id, key, roots)
         mid = fmt.manifest_id(key, data)
         blob_key = manifest_key(tenant_id, mid)
-        if not await self._blobs.exists(blob_key):
-            await self._blobs.put(blob_key, data)
+        try:
+            # Content-addressed: an object already stored holds this manifest
+            # (possibly in the other format, so its size is taken as stored).
+            size = (await self._blobs.stat(blob_key)).size
+        except NotFound:
+            sealer = await self.keyring.sealer(tenant_id)
+            stored = sealer.seal_manifest(mid, data)
+            await self._blobs.put(blob_key, stored)
+            size = len(stored)
         await self._meta.snapshots.put_manifest(
             tenant_id,
             ManifestRecord(
@@ -218,7 +279,7 @@ class Workspaces:
                 blob_key=blob_key,
                 root_tree_id=manifest.root_tree_id,
                 config_tree_id=manifest.config_tree_id,
-                size=len(data),
+                size=size,
                 created_at=await self._meta.now(),
             ),
         )
@@ -243,7 +304,7 @@ class Workspaces:
                 if not loc.verified:
                     todo.append(loc)
             children: dict[bytes, bool] = {}
-            for stored in await self.reader.read(todo):
+            for stored in await self._open_stored(tenant_id, await self.reader.read(todo)):
                 loc = stored.location
                 plain = await asyncio.to_thread(
                     fmt.open_chunk, key, loc.chunk_id, stored.frame, loc.raw_length
@@ -285,9 +346,15 @@ class Workspaces:
             raise InvalidArgument("manifest_id or snapshot_id is required")
         record = await self._meta.snapshots.get_manifest(tenant_id, manifest_id)
         try:
-            data = await self._blobs.get(record.blob_key)
+            stored = await self._blobs.get(record.blob_key)
         except NotFound:
             raise DataLoss(f"manifest {manifest_id} is missing from blob storage") from None
+        sealer = await self.keyring.sealer(tenant_id)
+        try:
+            data = sealer.open_manifest(manifest_id, stored)
+        except KeyUnavailable:
+            sealer = await self.keyring.sealer(tenant_id, refresh=True)
+            data = sealer.open_manifest(manifest_id, stored)
         if fmt.manifest_id(await self._chunk_key(tenant_id), data) != manifest_id:
             raise DataLoss(f"manifest {manifest_id} does not match its id")
         return manifest_id, data
@@ -341,3 +408,15 @@ class Workspaces:
             trigger,
         )
         return record
+
+
+def _open_frames(sealer: Sealer, stored: list[StoredChunk]) -> list[StoredChunk]:
+    out = []
+    for s in stored:
+        loc = s.location
+        try:
+            frame = sealer.open_chunk(loc.chunk_id, s.frame)
+        except DataLoss as exc:
+            raise DataLoss(f"{exc} [pack {loc.pack_id[:16]}…]") from None
+        out.append(StoredChunk(location=loc, frame=frame))
+    return out

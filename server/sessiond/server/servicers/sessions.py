@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 
 from sessiond.api.v1 import common_pb2, sessions_pb2, sessions_pb2_grpc
@@ -11,10 +13,14 @@ from sessiond.client.errors import InvalidArgument, Unimplemented
 
 from .. import validation
 from ..core.branching import Branching
+from ..core.idempotency import Idempotency, request_digest
 from ..core.lifecycle import Lifecycle
 from ..core.sessions import Sessions
 from ..identity import current_identity, log_field
+from ..metrics import ServerMetrics
 from .convert import message_to_dict, session_to_pb, snapshot_to_pb
+
+R = TypeVar("R", bound=Message)
 
 
 def _not_yet(rpc: str) -> Unimplemented:
@@ -31,24 +37,65 @@ _PHASES = {
 
 
 class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
-    def __init__(self, sessions: Sessions, lifecycle: Lifecycle, branching: Branching) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        lifecycle: Lifecycle,
+        branching: Branching,
+        idempotency: Idempotency,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self._sessions = sessions
         self._lifecycle = lifecycle
         self._branching = branching
+        self._idempotency = idempotency
+        self._metrics = metrics
+
+    async def _once(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        execute: Callable[[], Awaitable[R]],
+    ) -> R:
+        """Run a mutating call under its ``idempotency_key`` (see
+        :mod:`..core.idempotency`): a repeat replays the first response."""
+        key: str = getattr(request, "idempotency_key", "")
+
+        def decode(data: bytes) -> R:
+            log_field("replayed", True)
+            if self._metrics is not None:
+                self._metrics.replayed(method)
+            return response_type.FromString(data)
+
+        return await self._idempotency.run(
+            current_identity().tenant_id,
+            method,
+            key,
+            request_digest(request),
+            execute,
+            lambda resp: resp.SerializeToString(deterministic=True),
+            decode,
+        )
 
     async def CreateSession(
         self, request: sessions_pb2.CreateSessionRequest, context: ServicerContext
     ) -> common_pb2.Session:
         ident = current_identity()
-        record = await self._sessions.create(
-            ident.tenant_id,
-            session_id=request.session_id,
-            labels=dict(request.labels),
-            agent_options=message_to_dict(request.agent_options),
-            snapshot_policy=message_to_dict(request.snapshot_policy),
-        )
-        log_field("session", record.session_id)
-        return session_to_pb(record)
+
+        async def create() -> common_pb2.Session:
+            record = await self._sessions.create(
+                ident.tenant_id,
+                session_id=request.session_id,
+                labels=dict(request.labels),
+                agent_options=message_to_dict(request.agent_options),
+                snapshot_policy=message_to_dict(request.snapshot_policy),
+            )
+            return session_to_pb(record)
+
+        session = await self._once("CreateSession", request, common_pb2.Session, create)
+        log_field("session", session.session_id)
+        return session
 
     async def GetSession(
         self, request: sessions_pb2.GetSessionRequest, context: ServicerContext
@@ -143,12 +190,18 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         ident = current_identity()
         log_field("session", request.session_id)
         validation.session_id(request.session_id)
-        record, snapshot_id = await self._lifecycle.suspend(ident.tenant_id, request.session_id)
-        resp = sessions_pb2.SuspendResponse(session=session_to_pb(record))
-        if snapshot_id:
-            log_field("snapshot", snapshot_id)
-            snap = await self._sessions.snapshot(ident.tenant_id, snapshot_id)
-            resp.snapshot.CopyFrom(snapshot_to_pb(snap))
+
+        async def suspend() -> sessions_pb2.SuspendResponse:
+            record, snapshot_id = await self._lifecycle.suspend(ident.tenant_id, request.session_id)
+            resp = sessions_pb2.SuspendResponse(session=session_to_pb(record))
+            if snapshot_id:
+                snap = await self._sessions.snapshot(ident.tenant_id, snapshot_id)
+                resp.snapshot.CopyFrom(snapshot_to_pb(snap))
+            return resp
+
+        resp = await self._once("Suspend", request, sessions_pb2.SuspendResponse, suspend)
+        if resp.snapshot.snapshot_id:
+            log_field("snapshot", resp.snapshot.snapshot_id)
         return resp
 
     async def Resume(
@@ -165,14 +218,19 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         ident = current_identity()
         log_field("session", request.session_id)
         validation.session_id(request.session_id)
-        record = await self._branching.fork(
-            ident.tenant_id,
-            request.session_id,
-            at_message_uuid=request.at_message_uuid,
-            labels=validation.labels(dict(request.labels)),
-        )
-        log_field("fork", record.session_id)
-        return session_to_pb(record)
+
+        async def fork() -> common_pb2.Session:
+            record = await self._branching.fork(
+                ident.tenant_id,
+                request.session_id,
+                at_message_uuid=request.at_message_uuid,
+                labels=validation.labels(dict(request.labels)),
+            )
+            return session_to_pb(record)
+
+        session = await self._once("Fork", request, common_pb2.Session, fork)
+        log_field("fork", session.session_id)
+        return session
 
     async def ListSnapshots(
         self, request: sessions_pb2.ListSnapshotsRequest, context: ServicerContext
@@ -195,15 +253,19 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         ident = current_identity()
         log_field("session", request.session_id)
         validation.session_id(request.session_id)
-        record = await self._branching.restore(
-            ident.tenant_id,
-            request.session_id,
-            snapshot_id=request.snapshot_id,
-            message_uuid=request.message_uuid,
-            into_new_session=request.into_new_session,
-            labels=validation.labels(dict(request.labels)),
-        )
-        return session_to_pb(record)
+
+        async def restore() -> common_pb2.Session:
+            record = await self._branching.restore(
+                ident.tenant_id,
+                request.session_id,
+                snapshot_id=request.snapshot_id,
+                message_uuid=request.message_uuid,
+                into_new_session=request.into_new_session,
+                labels=validation.labels(dict(request.labels)),
+            )
+            return session_to_pb(record)
+
+        return await self._once("Restore", request, common_pb2.Session, restore)
 
     async def ExportSession(
         self, request: sessions_pb2.ExportSessionRequest, context: ServicerContext

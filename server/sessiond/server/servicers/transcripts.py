@@ -11,6 +11,7 @@ from sessiond.api.v1 import transcripts_pb2, transcripts_pb2_grpc
 
 from ..core.transcripts import Transcripts, validate_key
 from ..identity import current_identity, log_field
+from ..metrics import ServerMetrics
 from ..storage.records import TranscriptKey
 
 # Load responses are cut at about this many bytes so that a transcript of any
@@ -26,8 +27,9 @@ def _key(key: transcripts_pb2.SessionKey) -> TranscriptKey:
 
 
 class TranscriptServicer(transcripts_pb2_grpc.TranscriptServiceServicer):
-    def __init__(self, transcripts: Transcripts) -> None:
+    def __init__(self, transcripts: Transcripts, metrics: ServerMetrics | None = None) -> None:
         self._t = transcripts
+        self._metrics = metrics or ServerMetrics()
 
     async def Append(
         self, request: transcripts_pb2.AppendRequest, context: ServicerContext
@@ -35,8 +37,11 @@ class TranscriptServicer(transcripts_pb2_grpc.TranscriptServiceServicer):
         ident = current_identity()
         key = _key(request.key)
         result = await self._t.append(ident.tenant_id, key, request.entries)
+        size = sum(len(e.encode()) for e in request.entries)
         log_field("entries", len(request.entries))
         log_field("duplicates", result.duplicates)
+        log_field("bytes", size)
+        self._metrics.add_bytes("in", "transcript", size)
         return transcripts_pb2.AppendResponse(
             appended=result.appended, duplicates=result.duplicates, mtime=result.mtime_ms
         )

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from grpc.aio import ServicerContext
 
 from sessiond.api.v1 import common_pb2, workspace_pb2, workspace_pb2_grpc
-from sessiond.client.errors import InvalidArgument
+from sessiond.client.errors import InvalidArgument, PermissionDenied
 
 from .. import validation
 from ..core.packs import KINDS, ChunkSpec
 from ..core.workspace import Workspaces
 from ..identity import Identity, current_identity, log_field
+from ..metrics import ServerMetrics
 from .convert import message_to_dict, snapshot_to_pb
 
 # GetChunks responses are cut at about this many bytes.
@@ -37,8 +38,9 @@ def _scope(session_id: str) -> Identity:
 
 
 class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
-    def __init__(self, workspaces: Workspaces) -> None:
+    def __init__(self, workspaces: Workspaces, metrics: ServerMetrics | None = None) -> None:
         self._w = workspaces
+        self._metrics = metrics or ServerMetrics()
 
     async def GetWorkspace(
         self, request: workspace_pb2.GetWorkspaceRequest, context: ServicerContext
@@ -95,10 +97,14 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 ChunkSpec(chunk_id=c.chunk_id, kind=kind, length=c.length, raw_length=c.raw_length)
             )
 
+        received = 0
+
         async def data() -> AsyncIterator[bytes]:
+            nonlocal received
             async for req in request_iterator:
                 if req.HasField("header"):
                     raise InvalidArgument("PutPack carries exactly one header")
+                received += len(req.data)
                 yield req.data
 
         pid, stored, size = await self._w.put_pack(
@@ -106,6 +112,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         )
         log_field("pack", pid[:16])
         log_field("bytes", size)
+        self._metrics.add_bytes("in", "pack", received)
         return workspace_pb2.PutPackResponse(pack_id=pid, stored=stored)
 
     async def GetChunks(
@@ -136,6 +143,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             yield workspace_pb2.GetChunksResponse(chunks=batch)
         log_field("chunks", len(request.chunk_ids))
         log_field("bytes", sent)
+        self._metrics.add_bytes("out", "chunks", sent)
 
     async def PutManifest(
         self, request: workspace_pb2.PutManifestRequest, context: ServicerContext
@@ -149,6 +157,11 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_pb2.GetManifestRequest, context: ServicerContext
     ) -> workspace_pb2.GetManifestResponse:
         ident = _scope(request.session_id)
+        if ident.kind == "sandbox" and not request.snapshot_id:
+            # Manifests are indexed per tenant, not per session: by id, a
+            # sandbox could read another session's tree. By snapshot, the
+            # snapshot must belong to the token's session.
+            raise PermissionDenied("sandbox tokens read manifests by snapshot_id")
         mid, data = await self._w.get_manifest(
             ident.tenant_id,
             request.session_id,
@@ -178,4 +191,5 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             idempotency_key=request.idempotency_key,
         )
         log_field("snapshot", record.snapshot_id)
+        self._metrics.observe_commit(record.stats)
         return snapshot_to_pb(record)

@@ -20,7 +20,8 @@ Driver exceptions never escape.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,11 +29,17 @@ from .records import (
     ApiKeyRecord,
     AppendResult,
     ChunkLocation,
+    DeletedSession,
+    IdempotencyRecord,
+    JobLease,
     ManifestRecord,
     NewSession,
     NewSnapshot,
     PackRecord,
+    PackUsage,
     Page,
+    ReachStats,
+    Retention,
     SessionChanges,
     SessionRecord,
     SnapshotRecord,
@@ -55,11 +62,48 @@ class TenantTable(Protocol):
     async def ensure(self, tenant_id: str, name: str) -> Tenant:
         """Return the tenant, creating it if absent (race-free: concurrent
         callers get the same row and the same chunk key). An existing tenant
-        is returned unchanged (``name`` is not updated)."""
+        is returned unchanged (``name`` is not updated). ``FailedPrecondition``
+        if the tenant is shredded but not yet purged (finish its deletion
+        first)."""
         ...
 
     async def get(self, tenant_id: str) -> Tenant:
-        """``NotFound`` if absent."""
+        """``NotFound`` if absent or deleted (shredded)."""
+        ...
+
+    async def data_key(self, tenant_id: str) -> tuple[bytes | None, str | None]:
+        """The tenant's wrapped data key and the id of the master key that
+        wrapped it; ``(None, None)`` if it has none yet. ``NotFound`` if the
+        tenant is absent or deleted."""
+        ...
+
+    async def set_data_key_if_absent(
+        self, tenant_id: str, wrapped: bytes, master_id: str
+    ) -> tuple[bytes, str]:
+        """Store a wrapped data key unless the tenant already has one, and
+        return the one it has now — race-free: of concurrent callers (other
+        replicas included) the first to store wins, and all of them get the
+        winner's key. ``NotFound`` if the tenant is absent or deleted (a
+        shredded tenant never gets a new key); ``InvalidArgument`` for an
+        empty key or master id."""
+        ...
+
+    async def shred(self, tenant_id: str) -> None:
+        """Crypto-shred the tenant: destroy its wrapped data key (whatever
+        sealed objects remain can no longer be read by anyone), replace its
+        chunk key, and stamp ``deleted_at`` — from then on the tenant is gone
+        to :meth:`get`, :meth:`data_key` and authentication, while its rows
+        wait for :meth:`purge`. Idempotent (the first ``deleted_at`` stays).
+        ``NotFound`` if absent."""
+        ...
+
+    async def purge(self, tenant_id: str) -> None:
+        """Delete every row of a shredded tenant — sessions, transcripts,
+        chunk index, packs, manifests, snapshots, API keys, usage,
+        idempotency keys — and then the tenant row, in one transaction.
+        Call only after its blob objects are deleted (rows are the index to
+        them). ``FailedPrecondition`` if the tenant is not shredded; a no-op
+        if it is absent (so a finished deletion can be repeated)."""
         ...
 
     async def add_api_key(
@@ -320,8 +364,10 @@ class ChunkIndex(Protocol):
     ``created_at`` from the database clock, for GC's grace period."""
 
     async def missing(self, tenant_id: str, chunk_ids: Sequence[bytes]) -> list[bytes]:
-        """The ids (in input order, deduplicated) that are not indexed. An
-        unknown tenant has nothing indexed."""
+        """The ids (in input order, deduplicated) that are not indexed, or
+        are indexed but marked by GC (so a snapshot that needs a marked chunk
+        uploads it again, which un-marks it). An unknown tenant has nothing
+        indexed."""
         ...
 
     async def add_pack(
@@ -330,8 +376,11 @@ class ChunkIndex(Protocol):
         """Record a stored pack and index its chunks in one transaction. A chunk
         already indexed keeps its first location (the duplicate bytes in this
         pack are garbage for GC), as does an id listed twice in ``chunks``
-        (the first entry wins). Returns how many chunks were newly indexed.
-        Write order: call only after the pack object is durably stored.
+        (the first entry wins) — except a chunk GC has marked: its row moves
+        to this pack, its mark is cleared and its ``created_at`` restamped
+        (a fresh grace period), in the same transaction. Returns how many
+        chunks were newly indexed or moved. Write order: call only after the
+        pack object is durably stored.
 
         Idempotent: repeating a call (same pack id, blob key and size) adds
         nothing and returns 0 for the chunks it already indexed. The same
@@ -347,13 +396,20 @@ class ChunkIndex(Protocol):
         self, tenant_id: str, chunk_ids: Sequence[bytes]
     ) -> dict[bytes, ChunkLocation]:
         """Locations of the indexed ids; missing ids are absent from the dict
-        (duplicates in the input are looked up once)."""
+        (duplicates in the input are looked up once). Chunks marked by GC are
+        included with ``marked`` set: they are still readable, but whoever
+        builds a new manifest on them must treat them as missing."""
         ...
 
     async def mark_verified(self, tenant_id: str, tree_ids: Sequence[bytes]) -> None:
         """Mark trees whose whole subtree has been checked as stored.
         Idempotent; ids that are not indexed, or index a data chunk, are
-        ignored (the flag only ever means "this tree's subtree is stored")."""
+        ignored (the flag only ever means "this tree's subtree is stored").
+
+        A no-op while any chunk of the tenant is marked by GC, and serialized
+        with :meth:`GcReach.mark` (which clears every flag of the tenant): a
+        walk that read a chunk just before GC marked it must not leave a
+        flag behind that lets a later manifest skip over the marked chunk."""
         ...
 
 
@@ -428,12 +484,259 @@ class SnapshotTable(Protocol):
         ...
 
 
+class IdempotencyTable(Protocol):
+    """Idempotency keys of mutating RPCs, scoped by (tenant, method, key).
+
+    The table only records; the policy (what "the same request" means, how
+    long a caller waits for a call in flight) is :mod:`..core.idempotency`'s.
+    Every duration is in seconds of the database clock. ``InvalidArgument``
+    for an empty tenant, method or key, an empty request hash, or a duration
+    that is negative or over a year (zero only for :meth:`expire`).
+    """
+
+    async def claim(
+        self,
+        tenant_id: str,
+        method: str,
+        key: str,
+        request_hash: bytes,
+        *,
+        stale_after: float,
+        ttl: float,
+    ) -> IdempotencyRecord | None:
+        """Claim ``key`` for a first execution, atomically. Returns None when
+        the caller now holds the claim — the key was unused, its row is older
+        than ``ttl`` (expired: as good as absent), or its row is an
+        unfinished claim older than ``stale_after`` (its holder is presumed
+        dead) — and the row then carries ``request_hash``, no response and
+        ``created_at = now``; the caller must :meth:`complete` or
+        :meth:`release` it. Otherwise the existing row is returned unchanged,
+        finished (``response`` set) or still running (``response`` None),
+        whatever its request hash. Of concurrent claimers of one key exactly
+        one gets None. ``NotFound`` if the tenant does not exist."""
+        ...
+
+    async def complete(
+        self, tenant_id: str, method: str, key: str, request_hash: bytes, response: bytes
+    ) -> None:
+        """Record the response of a claim. Only an unfinished row carrying
+        ``request_hash`` changes: a stored response is never replaced, and a
+        row that is gone or was re-claimed with another request is left
+        alone (a no-op)."""
+        ...
+
+    async def release(self, tenant_id: str, method: str, key: str, request_hash: bytes) -> None:
+        """Drop an unfinished claim carrying ``request_hash`` (its execution
+        failed, so a retry may execute afresh). Finished rows and rows of
+        another request are left alone; an absent row is a no-op."""
+        ...
+
+    async def expire(self, older_than: float, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` rows of any tenant created more than
+        ``older_than`` seconds ago, finished or not, oldest first; return how
+        many went (GC calls this until it returns less than ``limit``).
+        ``InvalidArgument`` if ``limit`` < 1."""
+        ...
+
+
+GC_JOB = "gc"
+
+#: Deletes blob objects by key; returns the keys it deleted (a key whose
+#: deletion failed is left out, so its row is kept).
+BlobDeleter = Callable[[Sequence[str]], Awaitable[Sequence[str]]]
+
+
+class GcReach(Protocol):
+    """A set of chunk ids reachable from roots, held by the database (a
+    temporary table), so the live set of a tenant never sits in server
+    memory. Obtained from :meth:`GcTable.reach`; bound to one tenant and one
+    connection. The caller walks trees: :meth:`next_trees` hands out trees
+    to read, :meth:`add` records what they reference.
+
+    Destructive methods take the GC lease owner and raise ``Aborted``
+    (nothing written) unless that owner holds a live ``gc`` job lease, checked
+    in the same transaction; with ``dry_run`` they only count."""
+
+    async def add_roots(self, *, committed_only: bool) -> int:
+        """Add the root and config trees of every manifest row (with
+        ``committed_only``, of manifests some snapshot references). Returns
+        how many distinct trees were added."""
+        ...
+
+    async def add(self, ids: Sequence[tuple[bytes, bool]], parent: bytes | None = None) -> None:
+        """Add (id, is_tree) pairs; ids already present are ignored. With
+        edges recorded (:meth:`GcTable.reach`), ``parent`` names the tree
+        that references them."""
+        ...
+
+    async def next_trees(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` trees not handed out before (each tree once);
+        empty when the walk is complete."""
+        ...
+
+    async def unindexed(self, after: bytes, limit: int) -> list[tuple[bytes, bool]]:
+        """Reachable (id, is_tree) pairs with no chunk row, ids above
+        ``after`` in byte order, at most ``limit``."""
+        ...
+
+    async def packs(self, after: str, limit: int) -> list[PackUsage]:
+        """The packs reachable chunks live in, pack ids above ``after`` in
+        order, at most ``limit``."""
+        ...
+
+    async def locations(self, pack_id: str, *, data_only: bool) -> list[ChunkLocation]:
+        """The reachable chunks stored in one pack (with ``data_only``, data
+        chunks only), by offset: the order that reads the pack sequentially."""
+        ...
+
+    async def snapshots_reaching(self, ids: Sequence[bytes]) -> dict[bytes, list[str]]:
+        """For each id, the snapshots whose manifest reaches it (needs edges);
+        ids no snapshot reaches are absent."""
+        ...
+
+    async def stats(self) -> ReachStats: ...
+
+    async def sweep(self, grace: float, owner: str, *, dry_run: bool = False) -> int:
+        """Delete chunk rows marked more than ``grace`` seconds ago (database
+        clock) that are not reachable. A chunk re-uploaded meanwhile was
+        un-marked by ``add_pack`` and stays. Returns how many."""
+        ...
+
+    async def unmark(self, owner: str, *, dry_run: bool = False) -> int:
+        """Clear the mark of reachable chunks (a manifest that reached them
+        was accepted while they were marked). Returns how many."""
+        ...
+
+    async def mark(self, grace: float, owner: str, *, dry_run: bool = False) -> int:
+        """Mark unmarked, unreachable chunks created more than ``grace``
+        seconds ago with the database clock, and — when any was marked —
+        clear ``verified`` on every tree of the tenant, in one transaction
+        serialized with :meth:`ChunkIndex.mark_verified`. Returns how many."""
+        ...
+
+
+class GcTable(Protocol):
+    """What garbage collection, retention and ``check`` need beyond the
+    other tables. Every timestamp is the database clock."""
+
+    async def acquire_job(self, name: str, owner: str, ttl: float) -> JobLease:
+        """Take the job lease if it is free, expired, or already ``owner``'s
+        (then its expiry moves to ``now + ttl``). Returns the lease as it
+        stands: taken iff its owner is ``owner``. ``InvalidArgument`` for an
+        empty name/owner or ``ttl`` outside (0, 1 day]."""
+        ...
+
+    async def renew_job(self, name: str, owner: str, ttl: float) -> JobLease:
+        """Move the expiry to ``now + ttl`` while ``owner`` holds the lease
+        (an expired lease nobody took is revived). ``Aborted`` otherwise."""
+        ...
+
+    async def release_job(self, name: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it; a no-op otherwise."""
+        ...
+
+    async def retention(self) -> list[Retention]:
+        """Every tenant not deleted (shredded), with its retention settings,
+        by tenant id."""
+        ...
+
+    async def set_retention(
+        self, tenant_id: str, keep_last_snapshots: int | None, expire_suspended_days: int | None
+    ) -> Retention:
+        """Replace both settings (None: no limit). ``NotFound``;
+        ``InvalidArgument`` for a value < 1."""
+        ...
+
+    async def expire_suspended(
+        self, tenant_id: str, days: int, owner: str, *, dry_run: bool = False
+    ) -> list[str]:
+        """Move sessions SUSPENDED and not updated for ``days`` days, with no
+        live lease, to DELETED as :meth:`SessionTable.mark_deleted` does
+        (epoch bumped). Returns their ids."""
+        ...
+
+    async def prune_snapshots(
+        self, tenant_id: str, keep_last: int, owner: str, *, dry_run: bool = False
+    ) -> int:
+        """Delete every snapshot row of each live session except its newest
+        ``keep_last`` and its ``latest_snapshot_id``. Returns how many."""
+        ...
+
+    async def deleted_sessions(self, tenant_id: str, limit: int) -> list[DeletedSession]:
+        """Deleted sessions that still hold snapshot rows or a transcript
+        pointer (SDK session id), at most ``limit``."""
+        ...
+
+    async def purge_session(self, tenant_id: str, session_id: str, owner: str) -> int:
+        """For a DELETED session: delete its snapshot rows and clear its
+        latest snapshot, SDK session id and project key (the row stays as a
+        tombstone, so the id is never reused). Delete its transcript first:
+        once purged, it is no longer listed. Returns snapshot rows deleted.
+        ``FailedPrecondition`` if the session is not deleted."""
+        ...
+
+    async def delete_manifests(
+        self,
+        tenant_id: str,
+        grace: float,
+        owner: str,
+        delete_blobs: BlobDeleter,
+        *,
+        limit: int = 100,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete up to ``limit`` manifests that no snapshot references and
+        that are older than ``grace`` seconds: rows locked (a commit that
+        references one waits and then fails ``NotFound``), objects deleted
+        with ``delete_blobs``, then the rows of the deleted objects, before
+        the locks go. Returns the manifest ids deleted (dry run: that would
+        be)."""
+        ...
+
+    async def delete_empty_packs(
+        self,
+        tenant_id: str,
+        owner: str,
+        delete_blobs: BlobDeleter,
+        *,
+        limit: int = 100,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete up to ``limit`` packs no chunk row names, the same way:
+        rows locked and re-checked (an ``add_pack`` indexing into one waits
+        and then fails), objects deleted, then rows. Returns pack ids."""
+        ...
+
+    async def snapshot_manifests(
+        self, tenant_id: str, after: str, limit: int
+    ) -> list[tuple[str, ManifestRecord | None]]:
+        """Distinct manifest ids that snapshots reference, above ``after``,
+        with their row (None if the row is missing)."""
+        ...
+
+    async def known_packs(self, tenant_id: str, pack_ids: Sequence[str]) -> set[str]:
+        """The given pack ids that have a row."""
+        ...
+
+    async def known_manifests(self, tenant_id: str, manifest_ids: Sequence[str]) -> set[str]:
+        """The given manifest ids that have a row."""
+        ...
+
+    def reach(self, tenant_id: str, *, edges: bool = False) -> AbstractAsyncContextManager[GcReach]:
+        """A fresh, empty reachable set for the tenant (dropped on exit).
+        ``edges`` also records which tree references which id, for
+        :meth:`GcReach.snapshots_reaching`."""
+        ...
+
+
 class MetadataStore(Protocol):
     tenants: TenantTable
     sessions: SessionTable
     transcripts: TranscriptTable
     chunks: ChunkIndex
     snapshots: SnapshotTable
+    gc: GcTable
+    idempotency: IdempotencyTable
 
     async def now(self) -> datetime:
         """The database clock (timezone-aware UTC)."""

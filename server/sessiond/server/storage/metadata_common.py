@@ -21,7 +21,7 @@ from typing import Any, cast
 from claude_agent_sdk import SessionKey, SessionStoreEntry, SessionSummaryEntry
 from claude_agent_sdk import fold_session_summary as _sdk_fold
 
-from sessiond.client.errors import InvalidArgument
+from sessiond.client.errors import FailedPrecondition, InvalidArgument
 
 from .records import TranscriptEntry, TranscriptKey
 
@@ -40,6 +40,41 @@ def check_id(what: str, value: str) -> str:
     if "\0" in value:
         raise InvalidArgument(f"{what} must not contain NUL")
     return value
+
+
+# Every table holding a tenant's rows, children before the parents their
+# foreign keys name: what TenantTable.purge deletes before the tenant row.
+# A new table with a tenant_id column belongs here (the contract suite
+# checks that a purge leaves no row behind in any such table).
+TENANT_TABLES = (
+    "snapshots",
+    "chunks",
+    "packs",
+    "manifests",
+    "transcript_entries",
+    "transcript_keys",
+    "transcript_summaries",
+    "sessions",
+    "api_keys",
+    "tenant_usage",
+    "idempotency_keys",
+)
+
+
+def check_data_key(wrapped: bytes, master_id: str) -> None:
+    if not isinstance(wrapped, bytes) or not wrapped:
+        raise InvalidArgument("a wrapped data key must be non-empty bytes")
+    check_id("master_id", master_id)
+
+
+def being_deleted(tenant_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"tenant {tenant_id!r} is being deleted; finish with `sessiond admin tenants rm`"
+    )
+
+
+def not_shredded(tenant_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"tenant {tenant_id!r} must be shredded before its rows are purged")
 
 
 def check_key(key: TranscriptKey) -> TranscriptKey:

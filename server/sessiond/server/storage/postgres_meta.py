@@ -36,9 +36,19 @@ from sessiond.client.errors import (
     Unavailable,
 )
 
-from .metadata import ChunkIndex, SessionTable, SnapshotTable, TenantTable, TranscriptTable
+from .metadata import (
+    ChunkIndex,
+    GcTable,
+    IdempotencyTable,
+    SessionTable,
+    SnapshotTable,
+    TenantTable,
+    TranscriptTable,
+)
 from .metadata_common import Migration, load_migrations
 from .postgres_errors import run, translate
+from .postgres_gc import PgGcTable
+from .postgres_idempotency import PgIdempotencyTable
 from .postgres_sessions import PgSessionTable, PgTenantTable
 from .postgres_transcripts import PgTranscriptTable
 from .postgres_workspace import PgChunkIndex, PgSnapshotTable
@@ -62,6 +72,8 @@ class PostgresMetadataStore:
         self.transcripts: TranscriptTable = PgTranscriptTable(pool)
         self.chunks: ChunkIndex = PgChunkIndex(pool)
         self.snapshots: SnapshotTable = PgSnapshotTable(pool)
+        self.gc: GcTable = PgGcTable(pool)
+        self.idempotency: IdempotencyTable = PgIdempotencyTable(pool)
 
     @classmethod
     async def open(

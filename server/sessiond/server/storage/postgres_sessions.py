@@ -14,6 +14,9 @@ import asyncpg
 from sessiond.client.errors import AlreadyExists, FailedPrecondition, NotFound
 
 from .metadata_common import (
+    TENANT_TABLES,
+    being_deleted,
+    check_data_key,
     check_id,
     check_label_changes,
     check_labels,
@@ -24,6 +27,7 @@ from .metadata_common import (
     from_micros,
     list_fingerprint,
     micros,
+    not_shredded,
 )
 from .postgres_errors import run
 from .records import (
@@ -206,10 +210,13 @@ class PgTenantTable:
             )
             if row is None:
                 row = await conn.fetchrow(
-                    f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1", tenant_id
+                    f"SELECT {_TENANT_COLUMNS}, deleted_at FROM tenants WHERE tenant_id = $1",
+                    tenant_id,
                 )
-            if row is None:  # pragma: no cover - tenants are never deleted
-                raise NotFound(f"tenant {tenant_id!r} not found")
+                if row is None:  # purged between the two statements
+                    raise NotFound(f"tenant {tenant_id!r} not found")
+                if row["deleted_at"] is not None:
+                    raise being_deleted(tenant_id)
             return _tenant(row)
 
         return await run(self._pool, "ensure tenant", q, transaction=False)
@@ -217,13 +224,88 @@ class PgTenantTable:
     async def get(self, tenant_id: str) -> Tenant:
         async def q(conn: asyncpg.Connection) -> Tenant:
             row = await conn.fetchrow(
-                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1", tenant_id
+                f"SELECT {_TENANT_COLUMNS} FROM tenants"
+                " WHERE tenant_id = $1 AND deleted_at IS NULL",
+                tenant_id,
             )
             if row is None:
                 raise NotFound(f"tenant {tenant_id!r} not found")
             return _tenant(row)
 
         return await run(self._pool, "get tenant", q, transaction=False)
+
+    async def data_key(self, tenant_id: str) -> tuple[bytes | None, str | None]:
+        async def q(conn: asyncpg.Connection) -> tuple[bytes | None, str | None]:
+            row = await conn.fetchrow(
+                "SELECT wrapped_dek, dek_master_id FROM tenants"
+                " WHERE tenant_id = $1 AND deleted_at IS NULL",
+                tenant_id,
+            )
+            if row is None:
+                raise NotFound(f"tenant {tenant_id!r} not found")
+            wrapped = row["wrapped_dek"]
+            return (None if wrapped is None else bytes(wrapped)), row["dek_master_id"]
+
+        return await run(self._pool, "get tenant data key", q, transaction=False)
+
+    async def set_data_key_if_absent(
+        self, tenant_id: str, wrapped: bytes, master_id: str
+    ) -> tuple[bytes, str]:
+        check_data_key(wrapped, master_id)
+
+        async def q(conn: asyncpg.Connection) -> tuple[bytes, str]:
+            # A concurrent setter holds the row lock until it commits; this
+            # UPDATE then re-checks its WHERE on the committed row and
+            # matches nothing. The SELECT (a new statement, a fresh snapshot)
+            # reads whichever key won.
+            await conn.execute(
+                "UPDATE tenants SET wrapped_dek = $2, dek_master_id = $3"
+                " WHERE tenant_id = $1 AND wrapped_dek IS NULL AND deleted_at IS NULL",
+                tenant_id,
+                wrapped,
+                master_id,
+            )
+            row = await conn.fetchrow(
+                "SELECT wrapped_dek, dek_master_id FROM tenants"
+                " WHERE tenant_id = $1 AND deleted_at IS NULL",
+                tenant_id,
+            )
+            if row is None or row["wrapped_dek"] is None:
+                raise NotFound(f"tenant {tenant_id!r} not found")
+            return bytes(row["wrapped_dek"]), row["dek_master_id"]
+
+        return await run(self._pool, "set tenant data key", q, transaction=False)
+
+    async def shred(self, tenant_id: str) -> None:
+        async def q(conn: asyncpg.Connection) -> None:
+            done = await conn.fetchval(
+                "UPDATE tenants SET wrapped_dek = NULL, dek_master_id = NULL,"
+                " chunk_key = CASE WHEN deleted_at IS NULL THEN $2 ELSE chunk_key END,"
+                " deleted_at = coalesce(deleted_at, now())"
+                " WHERE tenant_id = $1 RETURNING 1",
+                tenant_id,
+                secrets.token_bytes(32),
+            )
+            if done is None:
+                raise NotFound(f"tenant {tenant_id!r} not found")
+
+        await run(self._pool, "shred tenant", q, transaction=False)
+
+    async def purge(self, tenant_id: str) -> None:
+        async def q(conn: asyncpg.Connection) -> None:
+            # Locks the row: a concurrent shred/ensure waits for the verdict.
+            deleted = await conn.fetchrow(
+                "SELECT deleted_at FROM tenants WHERE tenant_id = $1 FOR UPDATE", tenant_id
+            )
+            if deleted is None:
+                return
+            if deleted["deleted_at"] is None:
+                raise not_shredded(tenant_id)
+            for table in TENANT_TABLES:
+                await conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM tenants WHERE tenant_id = $1", tenant_id)
+
+        await run(self._pool, "purge tenant", q)
 
     async def add_api_key(
         self, tenant_id: str, key_id: str, secret_hash: bytes, expires_at: datetime | None

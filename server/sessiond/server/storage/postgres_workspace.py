@@ -52,6 +52,26 @@ _SNAPSHOT_COLUMNS = (
 )
 
 
+# A chunk GC marked moves to the new pack (un-marked, with a fresh created_at
+# so it gets a whole grace period before its manifest arrives); any other
+# existing chunk keeps its first location. ORDER BY: every writer takes the
+# index rows' locks in id order, so concurrent packs sharing chunks never
+# deadlock.
+_INSERT_CHUNKS = (
+    "INSERT INTO chunks (tenant_id, chunk_id, pack_id, pack_offset, length,"
+    " raw_length, kind, verified)"
+    " SELECT $1, c.id, $2, c.off, c.len, c.raw, c.kind, c.verified"
+    " FROM unnest($3::bytea[], $4::bigint[], $5::bigint[], $6::bigint[],"
+    " $7::text[], $8::boolean[]) AS c(id, off, len, raw, kind, verified)"
+    " ORDER BY c.id"
+    " ON CONFLICT (tenant_id, chunk_id) DO UPDATE SET pack_id = EXCLUDED.pack_id,"
+    " pack_offset = EXCLUDED.pack_offset, length = EXCLUDED.length,"
+    " raw_length = EXCLUDED.raw_length, kind = EXCLUDED.kind,"
+    " verified = EXCLUDED.verified, gc_marked_at = NULL, created_at = now()"
+    " WHERE chunks.gc_marked_at IS NOT NULL"
+)
+
+
 def _location(row: asyncpg.Record) -> ChunkLocation:
     return ChunkLocation(
         chunk_id=bytes(row["chunk_id"]),
@@ -62,6 +82,7 @@ def _location(row: asyncpg.Record) -> ChunkLocation:
         raw_length=row["raw_length"],
         kind=row["kind"],
         verified=row["verified"],
+        marked=row["marked"],
     )
 
 
@@ -103,7 +124,10 @@ class PgChunkIndex:
 
         async def q(conn: asyncpg.Connection) -> set[bytes]:
             rows = await conn.fetch(
-                "SELECT chunk_id FROM chunks WHERE tenant_id = $1 AND chunk_id = ANY($2::bytea[])",
+                # A marked chunk counts as missing: the snapshot that needs it
+                # uploads it again, and add_pack un-marks it.
+                "SELECT chunk_id FROM chunks WHERE tenant_id = $1 AND chunk_id = ANY($2::bytea[])"
+                " AND gc_marked_at IS NULL",
                 tenant_id,
                 ids,
             )
@@ -144,16 +168,7 @@ class PgChunkIndex:
                     )
             if not locs:
                 return 0
-            # ORDER BY: every writer takes the index rows' locks in id order,
-            # so concurrent packs sharing chunks never deadlock.
-            status: str = await conn.execute(
-                "INSERT INTO chunks (tenant_id, chunk_id, pack_id, pack_offset, length,"
-                " raw_length, kind, verified)"
-                " SELECT $1, c.id, $2, c.off, c.len, c.raw, c.kind, c.verified"
-                " FROM unnest($3::bytea[], $4::bigint[], $5::bigint[], $6::bigint[],"
-                " $7::text[], $8::boolean[]) AS c(id, off, len, raw, kind, verified)"
-                " ORDER BY c.id"
-                " ON CONFLICT (tenant_id, chunk_id) DO NOTHING",
+            chunk_args = (
                 tenant_id,
                 pack.pack_id,
                 [loc.chunk_id for loc in locs],
@@ -163,6 +178,14 @@ class PgChunkIndex:
                 [loc.kind for loc in locs],
                 [loc.verified for loc in locs],
             )
+            try:
+                status: str = await conn.execute(_INSERT_CHUNKS, *chunk_args)
+            except asyncpg.ForeignKeyViolationError as exc:
+                # GC deleted the (then empty) pack row while we waited on its
+                # lock, and its object with it: the caller must store it again.
+                raise Aborted(
+                    f"pack {pack.pack_id!r} was garbage-collected meanwhile; retry the upload"
+                ) from exc
             return int(status.rsplit(" ", 1)[1])
 
         return await run(self._pool, "add pack", q)
@@ -177,7 +200,7 @@ class PgChunkIndex:
         async def q(conn: asyncpg.Connection) -> builtins.list[asyncpg.Record]:
             rows: builtins.list[asyncpg.Record] = await conn.fetch(
                 "SELECT c.chunk_id, c.pack_id, p.blob_key, c.pack_offset, c.length,"
-                " c.raw_length, c.kind, c.verified"
+                " c.raw_length, c.kind, c.verified, c.gc_marked_at IS NOT NULL AS marked"
                 " FROM chunks c JOIN packs p ON p.tenant_id = c.tenant_id AND p.pack_id = c.pack_id"
                 " WHERE c.tenant_id = $1 AND c.chunk_id = ANY($2::bytea[])",
                 tenant_id,
@@ -194,14 +217,23 @@ class PgChunkIndex:
             return
 
         async def q(conn: asyncpg.Connection) -> None:
+            # FOR SHARE waits for a GC mark transaction of the tenant (it
+            # holds FOR NO KEY UPDATE) and keeps the next one out until we
+            # commit: either GC's reset of the flags comes after us, or we see
+            # its marks and set nothing. The walk that led here may have read
+            # a chunk just before GC marked it, so while anything is marked
+            # no flag is set (the precise rule needs the walk's start).
+            await conn.execute("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR SHARE", tenant_id)
             await conn.execute(
                 "UPDATE chunks SET verified = true WHERE tenant_id = $1"
-                " AND chunk_id = ANY($2::bytea[]) AND kind = 'tree' AND NOT verified",
+                " AND chunk_id = ANY($2::bytea[]) AND kind = 'tree' AND NOT verified"
+                " AND NOT EXISTS (SELECT 1 FROM chunks m WHERE m.tenant_id = $1"
+                " AND m.gc_marked_at IS NOT NULL)",
                 tenant_id,
                 sorted(ids),
             )
 
-        await run(self._pool, "mark trees verified", q, transaction=False)
+        await run(self._pool, "mark trees verified", q)
 
 
 class PgSnapshotTable:

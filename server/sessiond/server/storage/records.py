@@ -149,6 +149,9 @@ class ChunkLocation:
     kind: str
     # Trees only: every chunk and subtree the tree references is stored.
     verified: bool = False
+    # GC marked the chunk unreferenced: MissingChunks reports it missing and
+    # PutManifest must not count on it (see ChunkIndex). Ignored on input.
+    marked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,3 +210,78 @@ class SessionChanges:
     add_turns: int = 0
     # Set last_active_at to the database clock's now.
     touch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A mutating RPC's idempotency key: the request it was first used with
+    and, once that call finished, its serialized response."""
+
+    tenant_id: str
+    method: str
+    key: str
+    # SHA-256 of the request's deterministic serialization, key cleared.
+    request_hash: bytes
+    # None while the first call is still running.
+    response: bytes | None
+    created_at: datetime
+
+
+# --- garbage collection, retention, check -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A tenant's retention settings (None: no limit)."""
+
+    tenant_id: str
+    # Keep the newest N snapshots of each session (its latest always stays).
+    keep_last_snapshots: int | None = None
+    # Delete sessions that stayed SUSPENDED (untouched) longer than this.
+    expire_suspended_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLease:
+    """Who holds a cluster-wide job (``job_leases`` row) and until when
+    (database clock)."""
+
+    name: str
+    owner: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedSession:
+    """A deleted session that still holds snapshot rows or transcripts."""
+
+    session_id: str
+    # The transcript to delete with it; None when there is none, or when a
+    # live session of the tenant still uses the same SDK session id.
+    transcript: TranscriptKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class PackUsage:
+    """A pack as the reachable chunks use it: its row (``size`` is None if
+    the row is missing) and the end of the furthest chunk it holds."""
+
+    pack_id: str
+    blob_key: str | None
+    size: int | None
+    end: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReachStats:
+    """Counts of one tenant's index against a reachable set."""
+
+    reachable: int = 0
+    # Indexed chunks no root reaches.
+    unreferenced_chunks: int = 0
+    marked_chunks: int = 0
+    # Pack rows no chunk row names.
+    empty_packs: int = 0
+    # Manifest rows no snapshot references.
+    unreferenced_manifests: int = 0

@@ -41,8 +41,18 @@ from sessiond.client.errors import (
     Unavailable,
 )
 
-from .metadata import ChunkIndex, SessionTable, SnapshotTable, TenantTable, TranscriptTable
+from .metadata import (
+    ChunkIndex,
+    GcTable,
+    IdempotencyTable,
+    SessionTable,
+    SnapshotTable,
+    TenantTable,
+    TranscriptTable,
+)
 from .metadata_common import Migration, from_micros, load_migrations
+from .sqlite_gc import SqliteGcTable
+from .sqlite_idempotency import SqliteIdempotencyTable
 from .sqlite_tables import SqliteSessionTable, SqliteTenantTable, SqliteTranscriptTable
 from .sqlite_workspace import SqliteChunkIndex, SqliteSnapshotTable
 
@@ -229,6 +239,8 @@ class SqliteMetadataStore:
         self.transcripts: TranscriptTable = SqliteTranscriptTable(db, now_us)
         self.chunks: ChunkIndex = SqliteChunkIndex(db, now_us)
         self.snapshots: SnapshotTable = SqliteSnapshotTable(db, now_us)
+        self.gc: GcTable = SqliteGcTable(db, now_us)
+        self.idempotency: IdempotencyTable = SqliteIdempotencyTable(db, now_us)
 
     @classmethod
     async def open(cls, path: str) -> SqliteMetadataStore:

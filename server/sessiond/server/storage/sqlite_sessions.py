@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 from sessiond.client.errors import AlreadyExists, FailedPrecondition, NotFound
 
 from .metadata_common import (
+    TENANT_TABLES,
+    being_deleted,
+    check_data_key,
     check_id,
     check_label_changes,
     check_labels,
@@ -34,6 +37,7 @@ from .metadata_common import (
     from_micros,
     list_fingerprint,
     micros,
+    not_shredded,
 )
 from .records import (
     ApiKeyRecord,
@@ -138,6 +142,16 @@ def _tenant(row: Any) -> Tenant:
     )
 
 
+def _data_key(conn: sqlite3.Connection, tenant_id: str) -> tuple[bytes | None, str | None]:
+    row = conn.execute(
+        "SELECT wrapped_dek, dek_master_id FROM tenants WHERE tenant_id = ? AND deleted_at IS NULL",
+        (tenant_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    return (None if row[0] is None else bytes(row[0])), row[1]
+
+
 _KEY_COLUMNS = "key_id, tenant_id, secret_hash, created_at, expires_at, revoked_at"
 
 
@@ -211,8 +225,11 @@ class SqliteTenantTable:
                 (tenant_id, name, key, self._clock()),
             )
             row = conn.execute(
-                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ?", (tenant_id,)
+                f"SELECT {_TENANT_COLUMNS}, deleted_at FROM tenants WHERE tenant_id = ?",
+                (tenant_id,),
             ).fetchone()
+            if row[5] is not None:
+                raise being_deleted(tenant_id)
             return _tenant(row)
 
         return await self._db.call("ensure tenant", tx)
@@ -220,13 +237,69 @@ class SqliteTenantTable:
     async def get(self, tenant_id: str) -> Tenant:
         def tx(conn: sqlite3.Connection) -> Tenant:
             row = conn.execute(
-                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ?", (tenant_id,)
+                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ? AND deleted_at IS NULL",
+                (tenant_id,),
             ).fetchone()
             if row is None:
                 raise NotFound(f"tenant {tenant_id!r} not found")
             return _tenant(row)
 
         return await self._db.call("get tenant", tx, write=False)
+
+    async def data_key(self, tenant_id: str) -> tuple[bytes | None, str | None]:
+        def tx(conn: sqlite3.Connection) -> tuple[bytes | None, str | None]:
+            return _data_key(conn, tenant_id)
+
+        return await self._db.call("get tenant data key", tx, write=False)
+
+    async def set_data_key_if_absent(
+        self, tenant_id: str, wrapped: bytes, master_id: str
+    ) -> tuple[bytes, str]:
+        check_data_key(wrapped, master_id)
+
+        def tx(conn: sqlite3.Connection) -> tuple[bytes, str]:
+            conn.execute(
+                "UPDATE tenants SET wrapped_dek = ?, dek_master_id = ?"
+                " WHERE tenant_id = ? AND wrapped_dek IS NULL AND deleted_at IS NULL",
+                (wrapped, master_id, tenant_id),
+            )
+            stored, stored_id = _data_key(conn, tenant_id)
+            if stored is None or stored_id is None:  # pragma: no cover - set just above
+                raise NotFound(f"tenant {tenant_id!r} not found")
+            return stored, stored_id
+
+        return await self._db.call("set tenant data key", tx)
+
+    async def shred(self, tenant_id: str) -> None:
+        fresh = secrets.token_bytes(32)
+
+        def tx(conn: sqlite3.Connection) -> None:
+            done = conn.execute(
+                "UPDATE tenants SET wrapped_dek = NULL, dek_master_id = NULL,"
+                " chunk_key = CASE WHEN deleted_at IS NULL THEN ? ELSE chunk_key END,"
+                " deleted_at = coalesce(deleted_at, ?)"
+                " WHERE tenant_id = ? RETURNING 1",
+                (fresh, self._clock(), tenant_id),
+            ).fetchone()
+            if done is None:
+                raise NotFound(f"tenant {tenant_id!r} not found")
+
+        await self._db.call("shred tenant", tx)
+
+    async def purge(self, tenant_id: str) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT deleted_at FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+            if row is None:
+                return
+            if row[0] is None:
+                raise not_shredded(tenant_id)
+            for table in TENANT_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))
+            conn.execute("DELETE FROM tenants WHERE tenant_id = ?", (tenant_id,))
+
+        await self._db.call("purge tenant", tx)
 
     async def add_api_key(
         self, tenant_id: str, key_id: str, secret_hash: bytes, expires_at: datetime | None

@@ -77,6 +77,7 @@ def _location(row: Any) -> ChunkLocation:
         raw_length=row[5],
         kind=row[6],
         verified=bool(row[7]),
+        marked=bool(row[8]),
     )
 
 
@@ -120,9 +121,11 @@ class SqliteChunkIndex:
         def tx(conn: sqlite3.Connection) -> set[bytes]:
             have: set[bytes] = set()
             for part in _slices(ids):
+                # A marked chunk counts as missing: the snapshot that needs it
+                # uploads it again, and add_pack un-marks it.
                 rows = conn.execute(
                     "SELECT chunk_id FROM chunks WHERE tenant_id = ?"
-                    f" AND chunk_id IN ({_marks(len(part))})",
+                    f" AND chunk_id IN ({_marks(len(part))}) AND gc_marked_at IS NULL",
                     (tenant_id, *part),
                 )
                 have.update(bytes(r[0]) for r in rows)
@@ -158,10 +161,17 @@ class SqliteChunkIndex:
                         f"pack {pack.pack_id!r} is already recorded with another blob or size"
                     )
             before = conn.total_changes
+            # A chunk GC marked moves here (un-marked, restamped: a whole
+            # grace period before its manifest arrives); any other existing
+            # chunk keeps its first location.
             conn.executemany(
                 "INSERT INTO chunks (tenant_id, chunk_id, pack_id, pack_offset, length,"
                 " raw_length, kind, verified, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (tenant_id, chunk_id) DO NOTHING",
+                " ON CONFLICT (tenant_id, chunk_id) DO UPDATE SET pack_id = excluded.pack_id,"
+                " pack_offset = excluded.pack_offset, length = excluded.length,"
+                " raw_length = excluded.raw_length, kind = excluded.kind,"
+                " verified = excluded.verified, gc_marked_at = NULL,"
+                " created_at = excluded.created_at WHERE chunks.gc_marked_at IS NOT NULL",
                 (
                     (
                         tenant_id,
@@ -193,7 +203,8 @@ class SqliteChunkIndex:
             for part in _slices(ids):
                 rows = conn.execute(
                     "SELECT c.chunk_id, c.pack_id, p.blob_key, c.pack_offset, c.length,"
-                    " c.raw_length, c.kind, c.verified FROM chunks c JOIN packs p"
+                    " c.raw_length, c.kind, c.verified, c.gc_marked_at IS NOT NULL"
+                    " FROM chunks c JOIN packs p"
                     " ON p.tenant_id = c.tenant_id AND p.pack_id = c.pack_id"
                     f" WHERE c.tenant_id = ? AND c.chunk_id IN ({_marks(len(part))})",
                     (tenant_id, *part),
@@ -211,6 +222,16 @@ class SqliteChunkIndex:
             return
 
         def tx(conn: sqlite3.Connection) -> None:
+            # The walk that led here may have read a chunk just before GC
+            # marked it (GC clears every flag when it marks, but this call
+            # may come after): while anything is marked no flag is set.
+            # BEGIN IMMEDIATE serializes this against GC's mark transaction.
+            marked = conn.execute(
+                "SELECT 1 FROM chunks WHERE tenant_id = ? AND gc_marked_at IS NOT NULL LIMIT 1",
+                (tenant_id,),
+            ).fetchone()
+            if marked is not None:
+                return
             for part in _slices(ids):
                 conn.execute(
                     "UPDATE chunks SET verified = 1 WHERE tenant_id = ?"
