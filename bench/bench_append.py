@@ -13,10 +13,12 @@ throughput target names — and 20 %). Configurations:
 
 ``direct``     the limit: one statement per batch on a pool of 20 asyncpg
                connections (key-row upsert + ``INSERT … SELECT FROM unnest``
-               of the entries, autocommit: one round trip, one transaction),
-               into sessiond's own tables; no gRPC, no validation, no summary.
+               of the entries, autocommit: one round trip, one transaction,
+               no reset query on release), into sessiond's own tables; no
+               gRPC, no validation, no summary.
 ``direct-tx``  diagnostic: the same, in sessiond's transaction shape (BEGIN,
-               the upsert+insert, read summary, write summary, COMMIT).
+               the upsert+insert, read summary, write summary, COMMIT, and
+               asyncpg's reset query on release: 6 round trips).
 ``process``    ``sessiond serve --auth api-key`` in its own process; clients
                are ``SessiondSessionStore.append`` (what the SDK calls) in 1
                and in 2 client processes (``--client-procs``).
@@ -318,6 +320,10 @@ async def verify(
 # --- configurations ---------------------------------------------------------------
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook that sends nothing to the server."""
+
+
 def run_tag(config: str, load: str, fraction: float | None) -> str:
     """Prefix of the session ids of one run (verification counts by it)."""
     return f"{config}-{load}" if fraction is None else f"{config}-{load}{fraction * 100:.0f}"
@@ -330,7 +336,7 @@ def own_pid() -> list[int]:
 async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
     config = "direct-tx" if sessiond_shape else "direct"
     label = (
-        "direct asyncpg, sessiond's 5 round trips"
+        "direct asyncpg, sessiond's 6 round trips"
         if sessiond_shape
         else "direct asyncpg, 1 statement (the limit)"
     )
@@ -339,7 +345,10 @@ async def run_direct(ctx: Ctx, *, sessiond_shape: bool) -> None:
     async with fresh_schema(base, schema) as url:
         await asyncio.to_thread(create_tenant, url, TENANT)
         await checkpoint(base)
-        pool = await asyncpg.create_pool(url, min_size=20, max_size=20)
+        # The limit skips asyncpg's reset query on release (one more round
+        # trip the schema does not need); direct-tx keeps it, like sessiond.
+        reset = None if sessiond_shape else _keep_session
+        pool = await asyncpg.create_pool(url, min_size=20, max_size=20, reset=reset)
         try:
             for load, interval, fraction in ctx.loads():
                 tag = run_tag(config, load, fraction)

@@ -16,13 +16,23 @@ environment and allowlist of ``tests/e2e/agent_env.py``. A session runs turn
 working directory; the session is suspended (snapshot + destroy). The bare
 CLI gets the same turn 1 in a directory of its own.
 
-Then, interleaved, ``--warmup`` unmeasured and ``--repeat`` measured rounds of:
+Then ``--warmup`` unmeasured and ``--repeat`` measured rounds, each after
+``--settle`` seconds (a suspend has just deleted a sandbox, and this disk
+creates files slowly for a while after a large ``rm -rf``: a user coming
+back after the idle timeout never pays that) and after waiting up to
+``--quiet-wait`` s for other load on the box to drop, of:
 
 * **cold resume**: ``Query`` → first streamed ``SdkMessage`` (and → result,
-  → end of stream) on the suspended session, then ``Suspend`` (untimed for
-  the figures; reported). The hydrated workdir is checked against W1.
-* **bare CLI**: ``claude_agent_sdk.query(prompt, ClaudeAgentOptions(cwd=<W1>,
-  resume=<its session>, env=cli_env(…)))`` → first message (→ result).
+  → end of stream) on the suspended session;
+* **bare CLI** (the limit): ``claude_agent_sdk.query(prompt,
+  ClaudeAgentOptions(cwd=<W1>, resume=<its session>, env=cli_env(…)))`` →
+  first message (→ result), right after, in the same conditions;
+* the hydrated workdir is checked against W1, and ``Suspend`` (snapshot +
+  destroy) is timed for reference.
+
+The target is checked on the per-round difference (cold − bare). Besides
+wall time, the CPU seconds of the processes on the path to the first
+message are reported: they barely move with other load on a shared box.
 
 Phases: status events (``PHASE_HYDRATING``/``PHASE_RUNNING``) timestamped
 here, the server's ``hydrated … seconds=`` log line, and the processes a turn
@@ -41,7 +51,6 @@ import contextlib
 import fnmatch
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -51,9 +60,8 @@ import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +78,14 @@ from .common import (
     CpuProbe,
     ServerProcess,
     default_database_url,
-    fmt,
     fresh_schema,
-    markdown_table,
     new_schema_name,
-    percentile,
     sessiond_command,
     write_json,
 )
+from .resume_report import Run, Sample, profile_text, report
 from .workspace_gen import SPECS, Spec, diff_digests, generate, tree_digest
 
-TARGET_SECONDS = 1.0  # cold resume ≤ bare CLI + 1 s
 SETUP_PROMPT = "Unpack the workspace tarball here."
 _READY = re.compile(rb"sessiond ready on port (\d+)")
 _HYDRATED = re.compile(rb"hydrated session=(\S+).*?seconds[=\":\s]+([0-9.]+)")
@@ -195,22 +200,6 @@ async def storage(
 # --- one measured turn ------------------------------------------------------------
 
 
-@dataclass
-class Sample:
-    """One turn, seconds from the call."""
-
-    first_message: float
-    first_type: str
-    result: float
-    end: float
-    statuses: dict[str, float] = field(default_factory=dict)
-    timeline: dict[str, float | None] = field(default_factory=dict)
-    hydrated_seconds: float | None = None
-    suspend_seconds: float | None = None
-    machine_busy_cores: float = 0.0
-    processes: list[dict[str, Any]] = field(default_factory=list)
-
-
 def _hydrated_seconds(server: ServerProcess, offset: int, session_id: str) -> float | None:
     with server.log_path.open("rb") as f:
         f.seek(offset)
@@ -320,16 +309,6 @@ async def wait_quiet(max_cores: float, max_wait: float) -> float:
 # --- the run ---------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    backend: str
-    cold: list[Sample] = field(default_factory=list)
-    bare: list[Sample] = field(default_factory=list)
-    background_cores: list[float] = field(default_factory=list)
-    setup: dict[str, Any] = field(default_factory=dict)
-    profile: dict[str, Any] = field(default_factory=dict)
-
-
 async def run_bench(args: argparse.Namespace, root: Path) -> Run:
     spec = SPECS[args.workspace]
     run = Run(backend=args.backend)
@@ -401,18 +380,22 @@ async def measure(
     for i in range(args.warmup + args.repeat):
         measured = i >= args.warmup
         tag = f"round {i - args.warmup + 1}" if measured else f"warm-up {i + 1}"
+        # The suspend just deleted a sandbox: file creation on this disk is
+        # slow for a while after a big rm -rf, which a user coming back
+        # after the idle timeout never sees.
+        await asyncio.sleep(args.settle)
         busy = await wait_quiet(args.quiet_cores, args.quiet_wait)
         cold = await cold_resume(client, server, tracer, sid, f"Resume check {i}.")
-        sandbox = Path((await client.get_session(sid)).sandbox_cwd)
-        if not args.no_check:
-            await asyncio.to_thread(check_workspace, sandbox, digest)
-        t = time.monotonic()
-        await client.suspend(sid)
-        cold.suspend_seconds = round(time.monotonic() - t, 3)
         opts = ClaudeAgentOptions(
             cwd=str(cwd), resume=bare_sid, env=env, permission_mode="bypassPermissions"
         )
         bare, bare_sid = await bare_turn(tracer, opts, f"Resume check {i}.")
+        if not args.no_check:
+            sandbox = Path((await client.get_session(sid)).sandbox_cwd)
+            await asyncio.to_thread(check_workspace, sandbox, digest)
+        t = time.monotonic()
+        await client.suspend(sid)
+        cold.suspend_seconds = round(time.monotonic() - t, 3)
         print(
             f"{tag}: cold resume → first message {cold.first_message:.3f}s"
             f" (hydrated {cold.hydrated_seconds}s), bare {bare.first_message:.3f}s;"
@@ -423,11 +406,9 @@ async def measure(
             run.cold.append(cold)
             run.bare.append(bare)
             run.background_cores.append(busy)
-        if args.settle:
-            await asyncio.sleep(args.settle)
 
     if args.profile:
-        run.profile = await profile(args.profile, root, client, server, tracer, sid)
+        run.profile = await profile(args.profile, root, client, server, tracer, sid, args.settle)
 
 
 async def profile(
@@ -437,6 +418,7 @@ async def profile(
     server: ServerProcess,
     tracer: trace.ProcessTracer,
     sid: str,
+    settle: float,
 ) -> dict[str, Any]:
     """Start-up probes, import times, one resume under py-spy, and a
     standalone restore timed and under py-spy."""
@@ -449,6 +431,7 @@ async def profile(
         ),
     }
     raw = out_dir / "resume-pyspy.txt"
+    await asyncio.sleep(settle)
     with trace.pyspy(server.pid, raw):
         sample = await cold_resume(client, server, tracer, sid, "Profiled resume.")
     await client.suspend(sid)
@@ -469,222 +452,6 @@ async def profile(
     return result
 
 
-# --- report --------------------------------------------------------------------------
-
-
-def _stats(values: Sequence[float | None]) -> tuple[float, float]:
-    clean = sorted(v for v in values if v is not None)
-    return percentile(clean, 50), percentile(clean, 90)
-
-
-def summarize(run: Run) -> dict[str, Any]:
-    cold = [s.first_message for s in run.cold]
-    bare = [s.first_message for s in run.bare]
-    diffs = [c - b for c, b in zip(cold, bare, strict=True)]
-    med_diff, p90_diff = _stats(diffs)
-    return {
-        "cold_first_message": _stats(cold),
-        "bare_first_message": _stats(bare),
-        "difference_per_round": (med_diff, p90_diff),
-        "difference_of_medians": _stats(cold)[0] - _stats(bare)[0],
-        "cold_result": _stats([s.result for s in run.cold]),
-        "bare_result": _stats([s.result for s in run.bare]),
-        "cold_end": _stats([s.end for s in run.cold]),
-        "suspend": _stats([s.suspend_seconds for s in run.cold]),
-        "target_met_median": med_diff <= TARGET_SECONDS,
-        "target_met_p90": p90_diff <= TARGET_SECONDS,
-    }
-
-
-def figures_table(summary: dict[str, Any]) -> str:
-    def row(name: str, key: str, signed: bool = False) -> list[str]:
-        med, p90 = summary[key]
-        f = (lambda v: f"{v:+.3f}") if signed else (lambda v: fmt(v, 3))
-        return [name, f(med), f(p90)]
-
-    ok = "✓" if summary["target_met_median"] else "✗"
-    ok90 = "✓" if summary["target_met_p90"] else "✗"
-    med, p90 = summary["difference_per_round"]
-    rows = [
-        row("cold resume: Query → first SdkMessage", "cold_first_message"),
-        row("bare CLI, W1 in place: query() → first message", "bare_first_message"),
-        row("difference (cold − bare, per round)", "difference_per_round", signed=True),
-        [f"target: difference ≤ +{TARGET_SECONDS:.0f} s", f"{ok} {med:+.2f}", f"{ok90} {p90:+.2f}"],
-        row("cold resume: Query → result", "cold_result"),
-        row("bare CLI: query() → result", "bare_result"),
-        row("cold resume: Query → end of stream", "cold_end"),
-        row("Suspend (snapshot + destroy), for reference", "suspend"),
-    ]
-    return markdown_table(["seconds", "median", "p90"], rows)
-
-
-# wall-time key → (description, CPU key or None)
-_COLD_PHASES = {
-    "call_to_restore_start": (
-        "Query → `restore` process starts (lease, sandbox create, exec)",
-        None,
-    ),
-    "restore_process": ("`sessiond-hydrator restore` process, start → exit", "cpu_restore"),
-    "restore_end_to_runner_start": (
-        "restore exit → `run` process starts (re-key, state, exec)",
-        None,
-    ),
-    "runner_start_to_cli_start": (
-        "`run` start → CLI spawned (interpreter, imports, store load)",
-        "cpu_runner_to_cli_start",
-    ),
-    "cli_start_to_first_message": (
-        "CLI spawned → first SdkMessage at the client",
-        "cpu_cli_to_first_message",
-    ),
-}
-_BARE_PHASES = {
-    "call_to_cli_start": ("query() → CLI spawned", None),
-    "cli_start_to_first_message": ("CLI spawned → first message", "cpu_cli_to_first_message"),
-}
-
-
-def phases_table(run: Run) -> str:
-    """Wall seconds per phase and the CPU seconds of the process doing it
-    (median; the CPU figure barely moves with other load on the box)."""
-
-    def median(samples: Sequence[Sample], key: str | None) -> str:
-        if key is None:
-            return "–"
-        return fmt(_stats([s.timeline.get(key) for s in samples])[0], 2)
-
-    rows = []
-    for path, samples, phases in (
-        ("cold", run.cold, _COLD_PHASES),
-        ("bare", run.bare, _BARE_PHASES),
-    ):
-        for key, (name, cpu_key) in phases.items():
-            med, p90 = _stats([s.timeline.get(key) for s in samples])
-            rows.append([path, name, fmt(med, 3), fmt(p90, 3), median(samples, cpu_key)])
-        if path == "cold":
-            extra = [
-                ("server CPU, Query → restore exit", None, "cpu_server_call_to_restore_end"),
-                ("server log `hydrated … seconds=` (create → ACTIVE)", "hydrated", None),
-                ("Query → PHASE_RUNNING at the client", "running", None),
-            ]
-            for name, wall, cpu_key in extra:
-                if wall == "hydrated":
-                    med, p90 = _stats([s.hydrated_seconds for s in samples])
-                elif wall:
-                    med, p90 = _stats([s.statuses.get(wall) for s in samples])
-                else:
-                    med = p90 = float("nan")
-                rows.append([path, name, fmt(med, 3), fmt(p90, 3), median(samples, cpu_key)])
-    headers = ["path", "phase", "wall median s", "wall p90 s", "CPU median s"]
-    return markdown_table(headers, rows)
-
-
-def machine(args: argparse.Namespace, run: Run) -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "-"
-
-    from claude_agent_sdk._cli_version import __cli_version__
-
-    info: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": platform.processor() or "unknown",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
-        "versions": {
-            **{d: version(d) for d in ("sessiond", "claude-agent-sdk", "grpcio", "protobuf")},
-            "claude-code-cli": __cli_version__,
-        },
-        "storage": run.setup.get("storage", {}),
-    }
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    return info
-
-
-def describe(info: dict[str, Any], run: Run) -> str:
-    v = info["versions"]
-    ws = run.setup["workspace"]
-    other = run.background_cores
-    return "\n".join(
-        [
-            f"- date: {info['date']}; backend: `{run.backend}` ({info['storage'].get('metadata')},"
-            f" {info['storage'].get('blobs')})",
-            f"- nproc {info['nproc']}; CPU: {info['cpu_model']}; RAM {info['memory_gib']} GiB;"
-            f" kernel {info['kernel']}; other load before each round:"
-            f" {min(other, default=0):.2f}–{max(other, default=0):.2f} busy cores",
-            f"- Python {info['python']}; sessiond {v['sessiond']}; claude-agent-sdk"
-            f" {v['claude-agent-sdk']} (CLI {v['claude-code-cli']}); grpcio {v['grpcio']};"
-            f" protobuf {v['protobuf']}",
-            f"- workspace {ws['spec']}: {ws['files']} files, {ws['bytes'] / 2**20:.1f} MiB"
-            f" (seeded); {len(run.cold)} measured rounds",
-        ]
-    )
-
-
-def report(args: argparse.Namespace, run: Run) -> tuple[str, dict[str, Any]]:
-    summary = summarize(run)
-    info = machine(args, run)
-    text_out = "\n\n".join(
-        [
-            describe(info, run),
-            figures_table(summary),
-            phases_table(run),
-        ]
-    )
-    data = {
-        "benchmark": "resume",
-        "machine": info,
-        "parameters": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "target_seconds": TARGET_SECONDS,
-        "summary": summary,
-        "setup": {k: v for k, v in run.setup.items() if k != "server_log_tail"},
-        "cold": [asdict(s) for s in run.cold],
-        "bare": [asdict(s) for s in run.bare],
-        "background_cores": run.background_cores,
-        "profile": run.profile,
-    }
-    return text_out, data
-
-
-def profile_text(prof: dict[str, Any]) -> str:
-    if not prof:
-        return ""
-    lines = ["Interpreter start-up probes (median wall s, fresh process each):", ""]
-    lines += [f"- {name}: {secs:.3f}" for name, secs in prof["startup_probes_seconds"].items()]
-    lines += ["", "Slowest imports of `run` (-X importtime, cumulative s):", ""]
-    lines += [f"- {name}: {secs:.3f}" for name, secs in prof["import_times_run"]]
-    for label, key in (
-        ("standalone restore", "standalone_restore"),
-        ("… under py-spy", "standalone_restore_pyspy"),
-    ):
-        r = prof.get(key)
-        if r:
-            lines += [
-                "",
-                f"{label} of the snapshot: {r['wall_seconds']:.2f} s wall, {r['cpu_seconds']:.2f}"
-                f" CPU s; the restore's own seconds (after start-up and imports):"
-                f" {r['restore_seconds']}",
-            ]
-    for title, key in (
-        ("resume, server + children", "pyspy"),
-        ("standalone restore", "restore_pyspy"),
-    ):
-        for kind, entry in prof.get(key, {}).items():
-            head = f"py-spy ({title}), {kind}: {entry['cpu_seconds']:.2f} CPU s sampled; top:"
-            lines += ["", head]
-            lines += [f"  - {secs:.2f}  {name}" for name, secs in entry["top"]]
-    return "\n".join(lines)
-
-
 # --- CLI ---------------------------------------------------------------------------
 
 
@@ -703,7 +470,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL for --backend pg-s3 (a fresh schema is created and dropped)",
     )
     p.add_argument(
-        "--settle", type=float, default=0.0, help="seconds to wait after each round (default 0)"
+        "--settle",
+        type=float,
+        default=30.0,
+        help="seconds between a suspend and the next resume (default 30)",
     )
     p.add_argument("--quiet-cores", type=float, default=0.5, help="other load to wait out")
     p.add_argument(

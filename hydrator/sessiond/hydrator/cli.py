@@ -186,6 +186,9 @@ async def _snapshot(remote: WorkspaceRemote, args: argparse.Namespace, progress:
 
 
 async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: Progress) -> int:
+    from .projectkey import preload
+
+    preload()  # the SDK computes the key printed below; import it meanwhile
     try:
         from .restore import restore
     except ImportError as exc:  # pragma: no cover - the restore side ships separately
@@ -205,7 +208,7 @@ async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: 
         snapshot_id=report.snapshot_id, files=report.files, dirs=report.dirs,
         symlinks=report.symlinks, bytes=report.bytes, skipped=report.skipped,
         lease_epoch=report.lease_epoch, seconds=round(report.seconds, 3),
-        project_key=_project_key(args.cwd),
+        project_key=_project_key(report.cwd, args.state_dir or report.cwd / ".sessiond"),
     )  # fmt: skip
     return 0
 
@@ -248,12 +251,13 @@ async def _watch(remote: WorkspaceRemote, args: argparse.Namespace, progress: Pr
     )
 
 
-def _project_key(cwd: Path) -> str:
+def _project_key(cwd: Path, state_dir: Path) -> str:
     """The SDK's project key of the restored working directory (the server
-    re-keys the session's mirrored transcript to it)."""
-    from claude_agent_sdk import project_key_for_directory
+    re-keys the session's mirrored transcript to it); remembered in the
+    state directory so that later snapshots need not import the SDK."""
+    from .projectkey import project_key
 
-    return str(project_key_for_directory(str(cwd.resolve())))
+    return project_key(str(cwd.resolve()), state_dir)
 
 
 def _print(**fields: Any) -> None:

@@ -26,11 +26,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from claude_agent_sdk import project_key_for_directory
-
 from sessiond.api.v1 import format_pb2
 from sessiond.client import workspace_format as wf
 
+from . import projectkey
 from .chunker import chunk_bytes
 from .trees import Ready, TreeBuilder, _Task
 from .upload import DATA, TREE
@@ -58,9 +57,10 @@ class ConfigState:
     tree_id: bytes = b""
 
 
-def project_key(cwd: Path) -> str:
-    """The SDK's project key for ``cwd`` (never re-implemented here)."""
-    return project_key_for_directory(str(cwd))
+def project_key(cwd: Path, state_dir: Path | None = None) -> str:
+    """The SDK's project key for ``cwd`` (never re-implemented here; see
+    :mod:`.projectkey` for the memo in ``state_dir``)."""
+    return projectkey.project_key(str(cwd), state_dir)
 
 
 def transcript_position(data: bytes) -> TranscriptPosition:
@@ -109,11 +109,12 @@ class ConfigCollector:
         session_id: str,
         *,
         include_transcript: bool,
+        state_dir: Path | None = None,
     ) -> None:
         self.builder = builder
         self.config_dir = config_dir
         self.session_id = session_id
-        self.key = project_key(cwd)
+        self.key = project_key(cwd, state_dir)
         self.include_transcript = include_transcript
         self._transcript: tuple[bytes, os.stat_result] | None = None
         self._subagents: tuple[Ready | _Task, os.stat_result] | None = None

@@ -41,10 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import project_key_for_directory
-
 from sessiond.client.errors import InvalidArgument
 
+from . import projectkey
 from .materialize import remove_tree, swap_into_place
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ def place_config(
     if not _SESSION_ID.fullmatch(session_id):
         raise InvalidArgument(f"config tree for an invalid session id {session_id[:60]!r}")
     new_cwd = os.path.realpath(new_cwd)
-    report = PlacementReport(project_key=project_key_for_directory(new_cwd))
+    report = PlacementReport(project_key=projectkey.compute(new_cwd))
     src = os.open(staging, _DIR, dir_fd=config_fd)
     try:
         report.dropped += _count_others(src, {"projects", "file-history"})

@@ -201,6 +201,7 @@ async def snapshot(
                 config_dir if sid else None,
                 sid,
                 include_transcript,
+                state_dir,
             )
             if transcript_position is not None:
                 t_uuid, t_seq = transcript_position
@@ -223,7 +224,9 @@ async def snapshot(
                 config_tree_id=built.config.tree_id if built.config else b"",
                 source_cwd=os.fsencode(real),
                 sdk_session_id=sid,
-                project_key=built.config.project_key if built.config else project_key(real),
+                project_key=(
+                    built.config.project_key if built.config else project_key(real, state_dir)
+                ),
                 transcript_uuid=t_uuid,
                 transcript_seq=t_seq,
                 create_time_unix_ms=int(time.time() * 1000),
@@ -343,6 +346,7 @@ async def _build(
     config_dir: Path | None,
     sid: str,
     include_transcript: bool,
+    state_dir: Path,
 ) -> _Built:
     """Walk, read, build and upload; returns once every pack is stored."""
     read_pool = ThreadPoolExecutor(READERS, thread_name_prefix="sessiond-read")
@@ -381,7 +385,12 @@ async def _build(
         collector = None
         if config_dir is not None and sid:
             collector = ConfigCollector(
-                cfg_builder, config_dir, real, sid, include_transcript=include_transcript
+                cfg_builder,
+                config_dir,
+                real,
+                sid,
+                include_transcript=include_transcript,
+                state_dir=state_dir,
             )
             collector.visit()
         builder.build()

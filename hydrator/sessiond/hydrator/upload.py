@@ -10,9 +10,11 @@ appends the frames to a pack that is sent with PutPack once it reaches
 MissingChunks answer instead of being read again.
 
 Memory is bounded: plaintext waiting in batches plus frames waiting in packs
-never exceed ``MAX_BUFFERED_BYTES`` (+ one chunk); :meth:`submit` blocks the
-producer until the pipeline drains. At most ``MAX_BATCHES_IN_FLIGHT``
-MissingChunks calls and one PutPack run at a time.
+never exceed ``MAX_BUFFERED_BYTES`` (+ one submission); :meth:`submit` blocks
+the producer until the pipeline drains. At most ``MAX_BATCHES_IN_FLIGHT``
+MissingChunks calls and ``PACKS_IN_FLIGHT`` PutPacks run at a time: two packs
+keep the server busy (one is stored in S3 and indexed while the next one
+streams in and is verified) where one left it idle half of the time.
 
 :meth:`finish` returns only after every pack is stored: the caller may then
 write the manifest (packs → manifest → commit is the write order).
@@ -40,6 +42,7 @@ BATCH_BYTES = 8 << 20
 PACK_BYTES = 16 << 20
 MAX_BUFFERED_BYTES = 64 << 20
 MAX_BATCHES_IN_FLIGHT = 2
+PACKS_IN_FLIGHT = 2
 
 DATA = workspace_pb2.CHUNK_KIND_DATA
 TREE = workspace_pb2.CHUNK_KIND_TREE
@@ -93,7 +96,8 @@ class Uploader:
         self._pack_lock = asyncio.Lock()
         self._pack: list[PendingChunk] = []
         self._pack_size = 0
-        self._upload: asyncio.Task[None] | None = None
+        self._uploads: set[asyncio.Task[None]] = set()
+        self._upload_slots = asyncio.Semaphore(PACKS_IN_FLIGHT)
 
     # -- producer side (worker threads) --------------------------------------
 
@@ -101,20 +105,29 @@ class Uploader:
         """Queue one chunk (a duplicate of one already queued is dropped).
         Blocks while the pipeline holds too much; raises the pipeline's
         error if it failed."""
+        self.submit_many(((chunk_id, kind, data),))
+
+    def submit_many(self, items: Sequence[_Item]) -> None:
+        """:meth:`submit` for several chunks at once (one lock round trip:
+        the readers hand over a whole directory's small files together)."""
         with self._cond:
-            if chunk_id in self._seen:
-                return
             while self._buffered >= MAX_BUFFERED_BYTES and not self._failed():
                 self._cond.wait()
             if self._failed():
                 raise self._error or Cancelled("upload cancelled")
-            self._seen.add(chunk_id)
-            self._buffered += len(data)
-            self._batch.append((chunk_id, kind, data))
-            self._batch_bytes += len(data)
-            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= self._max_ids:
-                batch = self._take_batch()
-                self._loop.call_soon_threadsafe(self._spawn, batch)
+            seen, batch = self._seen, self._batch
+            for item in items:
+                cid = item[0]
+                if cid in seen:
+                    continue
+                seen.add(cid)
+                size = len(item[2])
+                self._buffered += size
+                batch.append(item)
+                self._batch_bytes += size
+                if self._batch_bytes >= BATCH_BYTES or len(batch) >= self._max_ids:
+                    self._loop.call_soon_threadsafe(self._spawn, self._take_batch())
+                    batch = self._batch
 
     def _failed(self) -> bool:
         return self._error is not None or self._closed
@@ -139,7 +152,14 @@ class Uploader:
     def _spawn(self, batch: list[_Item]) -> None:
         task = asyncio.ensure_future(self._process(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        # The error is kept in self._error (finish raises it): mark it seen.
+        self._tasks.discard(task)
+        self._uploads.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def _process(self, batch: list[_Item]) -> None:
         try:
@@ -166,13 +186,16 @@ class Uploader:
             raise
 
     async def _ship(self) -> None:
-        """Send the current pack (after the previous one is stored)."""
-        if self._upload is not None:
-            await self._upload
+        """Send the current pack once fewer than ``PACKS_IN_FLIGHT`` are
+        being sent."""
         pack, size = self._pack, self._pack_size
         self._pack, self._pack_size = [], 0
-        if pack:
-            self._upload = asyncio.ensure_future(self._put(pack, size))
+        if not pack:
+            return
+        await self._upload_slots.acquire()
+        task = asyncio.ensure_future(self._put(pack, size))
+        self._uploads.add(task)
+        task.add_done_callback(self._done)
 
     async def _put(self, pack: list[PendingChunk], size: int) -> None:
         try:
@@ -180,6 +203,8 @@ class Uploader:
         except BaseException as exc:
             self._fail(exc)
             raise
+        finally:
+            self._upload_slots.release()
         self.stats.packs += 1
         self.stats.new_chunks += len(pack)
         self.stats.new_bytes += sum(c.raw_length for c in pack)
@@ -200,9 +225,8 @@ class Uploader:
             await asyncio.gather(*list(self._tasks))
         async with self._pack_lock:
             await self._ship()
-            if self._upload is not None:
-                await self._upload
-                self._upload = None
+        while self._uploads:
+            await asyncio.gather(*list(self._uploads))
         if self._error is not None:
             raise self._error
         return self.stats
@@ -212,7 +236,7 @@ class Uploader:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        pending = [*self._tasks, *([self._upload] if self._upload else [])]
+        pending = [*self._tasks, *self._uploads]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

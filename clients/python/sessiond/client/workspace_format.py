@@ -18,6 +18,7 @@ Everything here validates hostile input: a tree that breaks a rule raises
 from __future__ import annotations
 
 import stat
+import threading
 from collections.abc import Iterable
 
 import blake3
@@ -49,18 +50,40 @@ def manifest_id(key: bytes, data: bytes) -> str:
     return blake3.blake3(data, key=key).hexdigest()
 
 
+# zstd contexts are costly to create (tens of µs, more than compressing a
+# small chunk) and not safe to share between threads: one of each per thread.
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    cctx: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
+    if cctx is None:
+        # Frames carry their content size, so decompression can be bounded.
+        cctx = _local.cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True)
+    return cctx
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
 def compress(data: bytes | memoryview) -> bytes:
-    # Frames carry their content size, so decompression can be bounded.
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True).compress(data)
+    return _compressor().compress(data)
 
 
 def decompress(frame: bytes | memoryview, raw_length: int) -> bytes:
     """Decompress one frame that must inflate to exactly ``raw_length`` bytes
     (``DataLoss`` otherwise — never allocate more than promised)."""
     try:
-        out: bytes = zstandard.ZstdDecompressor().decompress(
-            frame, max_output_size=max(raw_length, 1)
-        )
+        # A frame that announces another size is refused before anything is
+        # allocated for it.
+        announced = zstandard.frame_content_size(frame)
+        if announced not in (-1, raw_length):
+            raise DataLoss(f"chunk announces {announced} bytes, expected {raw_length}")
+        out: bytes = _decompressor().decompress(frame, max_output_size=max(raw_length, 1))
     except zstandard.ZstdError as exc:
         raise DataLoss(f"chunk does not decompress: {exc}") from None
     if len(out) != raw_length:
