@@ -312,6 +312,7 @@ async def wait_quiet(max_cores: float, max_wait: float) -> float:
 async def run_bench(args: argparse.Namespace, root: Path) -> Run:
     spec = SPECS[args.workspace]
     run = Run(backend=args.backend)
+    run.setup.update(warmup=args.warmup, settle=args.settle)
     t = time.monotonic()
     tarball, digest = await asyncio.to_thread(make_workspace, spec, root / "w", args.seed)
     run.setup["workspace"] = {
@@ -477,7 +478,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quiet-cores", type=float, default=0.5, help="other load to wait out")
     p.add_argument(
-        "--quiet-wait", type=float, default=20.0, help="max seconds to wait for it (default 20)"
+        "--quiet-wait", type=float, default=60.0, help="max seconds to wait for it (default 60)"
     )
     p.add_argument("--no-check", action="store_true", help="skip the W1 check after each resume")
     p.add_argument("--profile", type=Path, default=None, help="profile into DIR (extra resume)")

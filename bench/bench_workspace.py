@@ -199,13 +199,15 @@ class Server:
     log_path: Path
 
     @classmethod
-    def start(cls, database_url: str, blob_url: str, workdir: Path) -> Server:
+    def start(
+        cls, database_url: str, blob_url: str, workdir: Path, log_level: str = "INFO"
+    ) -> Server:
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "server.log"
         argv = [
             sys.executable, "-m", "sessiond.server", "serve", "--auth", "api-key",
             "--listen", "127.0.0.1:0", "--database-url", database_url, "--blob-url", blob_url,
-            "--data-dir", str(workdir / "data"), "--log-level", "INFO", "--drain-seconds", "2",
+            "--data-dir", str(workdir / "data"), "--log-level", log_level, "--drain-seconds", "2",
         ]  # fmt: skip
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

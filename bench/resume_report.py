@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -178,7 +179,56 @@ def phases_table(run: Run) -> str:
     return markdown_table(headers, rows)
 
 
-def machine(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+def _source_tree() -> str:
+    """``git`` HEAD of the checkout and whether server/hydrator/clients
+    differ from it (others may be editing them while the bench runs)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "server", "hydrator", "clients"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted changes' if dirty else ''}" if head else "unknown"
+
+
+def rounds_table(run: Run) -> str:
+    """One row per measured round: how much the box's other load moved it."""
+    rows = []
+    for i, (c, b, busy) in enumerate(zip(run.cold, run.bare, run.background_cores, strict=True)):
+        t = c.timeline
+        rows.append(
+            [
+                str(i + 1),
+                fmt(busy, 2),
+                fmt(c.first_message, 3),
+                fmt(b.first_message, 3),
+                f"{c.first_message - b.first_message:+.3f}",
+                fmt(t.get("restore_process"), 3),
+                fmt(t.get("runner_start_to_cli_start"), 3),
+                fmt(_cpu_path(c, _COLD_CPU_PATH), 2),
+            ]
+        )
+    headers = [
+        "round",
+        "other load (cores)",
+        "cold → 1st msg s",
+        "bare → 1st msg s",
+        "difference s",
+        "restore process s",
+        "run → CLI s",
+        "cold CPU path s",
+    ]
+    return markdown_table(headers, rows)
+
+
+def machine(run: Run) -> dict[str, Any]:
     def version(dist: str) -> str:
         try:
             return metadata.version(dist)
@@ -195,10 +245,14 @@ def machine(args: argparse.Namespace, run: Run) -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
         "versions": {
-            **{d: version(d) for d in ("sessiond", "claude-agent-sdk", "grpcio", "protobuf")},
+            **{
+                d: version(d)
+                for d in ("sessiond", "claude-agent-sdk", "mcp", "pydantic", "grpcio", "protobuf")
+            },
             "claude-code-cli": __cli_version__,
         },
         "storage": run.setup.get("storage", {}),
+        "source_tree": _source_tree(),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -221,22 +275,25 @@ def describe(info: dict[str, Any], run: Run) -> str:
             f" kernel {info['kernel']}; other load before each round:"
             f" {min(other, default=0):.2f}–{max(other, default=0):.2f} busy cores",
             f"- Python {info['python']}; sessiond {v['sessiond']}; claude-agent-sdk"
-            f" {v['claude-agent-sdk']} (CLI {v['claude-code-cli']}); grpcio {v['grpcio']};"
-            f" protobuf {v['protobuf']}",
+            f" {v['claude-agent-sdk']} (CLI {v['claude-code-cli']}); mcp {v['mcp']}; pydantic"
+            f" {v['pydantic']}; grpcio {v['grpcio']}; protobuf {v['protobuf']};"
+            f" source tree {info['source_tree']}",
             f"- workspace {ws['spec']}: {ws['files']} files, {ws['bytes'] / 2**20:.1f} MiB"
-            f" (seeded); {len(run.cold)} measured rounds",
+            f" (seeded); {len(run.cold)} measured rounds, {run.setup.get('warmup', 0)} warm-up,"
+            f" {run.setup.get('settle', 0):.0f} s between a suspend and the next resume",
         ]
     )
 
 
 def report(args: argparse.Namespace, run: Run) -> tuple[str, dict[str, Any]]:
     summary = summarize(run)
-    info = machine(args, run)
+    info = machine(run)
     text_out = "\n\n".join(
         [
             describe(info, run),
             figures_table(summary),
             phases_table(run),
+            rounds_table(run),
         ]
     )
     data = {

@@ -93,8 +93,8 @@ class ProcessTracer:
     """Polls ``/proc`` every ``interval`` seconds on a daemon thread and
     records every descendant of ``root`` with its start and exit times.
 
-    A process is re-read until it is classified: right after ``fork`` it
-    still shows its parent's command line, and the local provider's rlimit
+    A process's command line is re-read during its first 2 s: right after
+    ``fork`` it still shows its parent's, and the local provider's rlimit
     wrapper ``exec``s the real command. Cost per poll: one ``listdir
     /proc`` plus a ``stat`` read per live traced process.
     """
@@ -148,7 +148,9 @@ class ProcessTracer:
                 if st[0] in ("Z", "X"):
                     proc.gone = t
                     continue
-                if proc.kind in ("other", "server") and t - proc.first_seen < 2.0:
+                # Re-read for a while: a fork shows its parent's command
+                # line until it execs (the CLI's would read "… run …").
+                if t - proc.first_seen < 2.0:
                     proc.argv = _argv(proc.pid) or proc.argv
                     proc.kind = classify(proc.argv)
                     if proc.ppid == self._root and "sessiond.server" in proc.argv:

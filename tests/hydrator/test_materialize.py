@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sessiond.api.v1 import format_pb2, workspace_pb2
 from sessiond.client import workspace_format as wf
 from sessiond.hydrator.materialize import (
+    MAX_IDS_PER_REQUEST,
     Limits,
     MaterializeResult,
     load_trees,
@@ -258,4 +259,5 @@ def test_server_limits_are_taken_with_defaults_and_clamps() -> None:
         )
     )
     assert lim.max_files == 10 and lim.max_depth == d.max_depth
-    assert lim.max_name_bytes == 255 and lim.max_chunks_per_request == 256
+    # Ids per request are clamped (memory is bounded by the batch plan's bytes).
+    assert lim.max_name_bytes == 255 and lim.max_chunks_per_request == MAX_IDS_PER_REQUEST

@@ -113,11 +113,11 @@ def chunk_file(path: bytes, key: bytes, params: ChunkParams, sink: ChunkSink) ->
         if exc.errno in _GONE:
             return None
         raise
-    with io.FileIO(fd, "rb", closefd=True) as f:
+    try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             return None
-        first = _read_up_to(f, params.small_file)
+        first = _read_small(fd, params.small_file, before.st_size)
         if len(first) < params.small_file:
             ids: list[bytes] = []
             if first:
@@ -126,26 +126,35 @@ def chunk_file(path: bytes, key: bytes, params: ChunkParams, sink: ChunkSink) ->
                 ids.append(cid)
             size = len(first)
         else:
-            ids, size = _chunk_stream(f, first, key, params, sink)
+            with io.FileIO(fd, "rb", closefd=False) as f:
+                ids, size = _chunk_stream(f, first, key, params, sink)
         after = os.fstat(fd)
+    finally:
+        os.close(fd)
     stable = signature(before) == signature(after) and size == after.st_size
     return FileChunks(tuple(ids), size, after, stable)
+
+
+def _read_small(fd: int, limit: int, expected: int) -> bytes:
+    """Up to ``limit`` bytes: one ``read`` when the file holds what ``fstat``
+    said (a small file costs no second read to see EOF: if it changed
+    meanwhile, the stat after reading says so), else reads until EOF."""
+    data = os.read(fd, limit)
+    if len(data) >= limit or len(data) >= expected:
+        return data
+    parts, n = [data], len(data)
+    while n < limit:
+        part = os.read(fd, limit - n)
+        if not part:
+            break
+        parts.append(part)
+        n += len(part)
+    return b"".join(parts)
 
 
 # Vanished, or no longer a regular file (ELOOP: became a symlink; ENXIO: a
 # socket; EISDIR: a directory).
 _GONE = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO, errno.EISDIR}
-
-
-def _read_up_to(f: io.FileIO, n: int) -> bytes:
-    parts = []
-    while n > 0:
-        part = f.read(n)
-        if not part:
-            break
-        parts.append(part)
-        n -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _chunk_stream(

@@ -23,6 +23,7 @@ from sessiond.client import AsyncClient
 from sessiond.client.errors import InvalidArgument, SessiondError
 
 from .progress import Progress, make_progress
+from .projectkey import Background
 from .remote import WorkspaceRemote
 
 PROG = "sessiond-hydrator"
@@ -186,29 +187,36 @@ async def _snapshot(remote: WorkspaceRemote, args: argparse.Namespace, progress:
 
 
 async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: Progress) -> int:
-    from .projectkey import preload
+    from . import projectkey
 
-    preload()  # the SDK computes the key printed below; import it meanwhile
+    # The key printed below comes from the SDK; a child computes it meanwhile.
+    key_job = projectkey.Background(await asyncio.to_thread(os.path.realpath, args.cwd))
     try:
-        from .restore import restore
-    except ImportError as exc:  # pragma: no cover - the restore side ships separately
-        _fail(f"restore is not available in this build: {exc}", EXIT_ERROR)
-    progress.start("restore")
-    report = await restore(
-        remote,
-        args.cwd,
-        state_dir=args.state_dir,
-        config_dir=args.config_dir,
-        snapshot_id=args.snapshot,
-        progress=progress.bytes_done,
-        epoch=args.epoch,
-    )
+        try:
+            from .restore import restore
+        except ImportError as exc:  # pragma: no cover - the restore side ships separately
+            _fail(f"restore is not available in this build: {exc}", EXIT_ERROR)
+        progress.start("restore")
+        report = await restore(
+            remote,
+            args.cwd,
+            state_dir=args.state_dir,
+            config_dir=args.config_dir,
+            snapshot_id=args.snapshot,
+            progress=progress.bytes_done,
+            epoch=args.epoch,
+            project_key=key_job,
+        )
+        state_dir = args.state_dir or report.cwd / ".sessiond"
+        key = await asyncio.to_thread(_project_key, report.cwd, state_dir, key_job)
+    finally:
+        key_job.close()
     progress.done(snapshot_id=report.snapshot_id, files=report.files, bytes=report.bytes)
     _print(
         snapshot_id=report.snapshot_id, files=report.files, dirs=report.dirs,
         symlinks=report.symlinks, bytes=report.bytes, skipped=report.skipped,
         lease_epoch=report.lease_epoch, seconds=round(report.seconds, 3),
-        project_key=_project_key(report.cwd, args.state_dir or report.cwd / ".sessiond"),
+        project_key=key,
     )  # fmt: skip
     return 0
 
@@ -251,13 +259,17 @@ async def _watch(remote: WorkspaceRemote, args: argparse.Namespace, progress: Pr
     )
 
 
-def _project_key(cwd: Path, state_dir: Path) -> str:
+def _project_key(cwd: Path, state_dir: Path, job: Background) -> str:
     """The SDK's project key of the restored working directory (the server
     re-keys the session's mirrored transcript to it); remembered in the
-    state directory so that later snapshots need not import the SDK."""
-    from .projectkey import project_key
+    state directory so that later snapshots need not ask the SDK."""
+    from . import projectkey
 
-    return project_key(str(cwd.resolve()), state_dir)
+    real = str(cwd.resolve())
+    # The path may resolve differently once restored: then ask again.
+    key = job.result() if job.directory == real else projectkey.compute(real)
+    projectkey.remember(real, key, state_dir)
+    return key
 
 
 def _print(**fields: Any) -> None:

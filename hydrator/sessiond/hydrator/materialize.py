@@ -20,7 +20,11 @@ arbitrary code). The contract:
 
 The chunk source is an async function ``ids -> [(zstd frame, raw length)]``
 in request order; data chunks are fetched in batches of at most
-``max_chunks_per_request`` distinct ids, a few batches in flight.
+``max_chunks_per_request`` distinct ids, a few batches in flight. A batch is
+planned to hold about ``BATCH_BYTES`` of plaintext and at most
+``BATCH_WORST_BYTES`` even if every chunk is as large as its file allows
+(a one-chunk file's chunk is exactly its size): that, not the number of ids,
+bounds memory, so small files travel thousands per request.
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Estimated plaintext per data batch, and batches in flight while writing.
 BATCH_BYTES = 16 << 20
+BATCH_WORST_BYTES = 64 << 20
 BATCHES_IN_FLIGHT = 3
+# Distinct ids per GetChunks (the server's limit applies too).
+MAX_IDS_PER_REQUEST = 4096
 TREE_FETCHES_IN_FLIGHT = 4
 _PROGRESS_STEP = 4 << 20
 _HOLE_MIN = 4096
@@ -85,7 +92,7 @@ class Limits:
             max_name_bytes=min(pick(p.max_name_bytes, d.max_name_bytes), wf.MAX_NAME_BYTES),
             max_depth=pick(p.max_depth, d.max_depth),
             max_chunk_bytes=pick(p.max_chunk_bytes, d.max_chunk_bytes),
-            max_chunks_per_request=min(pick(p.max_chunks_per_request, 256), 256),
+            max_chunks_per_request=min(pick(p.max_chunks_per_request, 256), MAX_IDS_PER_REQUEST),
         )
 
 
@@ -217,22 +224,34 @@ def walk(ts: TreeSet) -> Iterator[tuple[int, format_pb2.Node]]:
             yield SYMLINK, node
 
 
-def plan_batches(ts: TreeSet, max_ids: int) -> Iterator[tuple[list[bytes], int]]:
+def plan_batches(
+    ts: TreeSet, max_ids: int, max_chunk_bytes: int = 16 << 20
+) -> Iterator[tuple[list[bytes], int]]:
     """(distinct ids, chunk uses) per batch, covering every chunk use in walk
-    order; a chunk used twice within a batch is fetched once."""
+    order; a chunk used twice within a batch is fetched once. A batch closes
+    at ``max_ids`` ids, at ``BATCH_BYTES`` of estimated plaintext (the
+    file's size spread over its chunks) or at ``BATCH_WORST_BYTES`` of the
+    most its chunks may hold (the file's size for a one-chunk file, else the
+    smaller of it and ``max_chunk_bytes``)."""
     ids: dict[bytes, None] = {}
-    uses = est = 0
+    uses = est = worst = 0
     for kind, node in walk(ts):
         if kind != FILE or not node.chunk_ids:
             continue
-        per_chunk = -(-node.size // len(node.chunk_ids))
-        for cid in node.chunk_ids:
-            if cid not in ids and (len(ids) >= max_ids or est >= BATCH_BYTES):
-                yield list(ids), uses
-                ids, uses, est = {}, 0, 0
+        chunk_ids = node.chunk_ids
+        size = node.size
+        per_chunk = -(-size // len(chunk_ids))
+        most = size if len(chunk_ids) == 1 else min(size, max_chunk_bytes)
+        for cid in chunk_ids:
             if cid not in ids:
+                if ids and (
+                    len(ids) >= max_ids or est >= BATCH_BYTES or worst + most > BATCH_WORST_BYTES
+                ):
+                    yield list(ids), uses
+                    ids, uses, est, worst = {}, 0, 0, 0
                 ids[cid] = None
                 est += per_chunk
+                worst += most
             uses += 1
     if uses:
         yield list(ids), uses
@@ -271,7 +290,8 @@ async def materialize(
     staging = f".{name}.sessiond-staging-{secrets.token_hex(6)}"
     os.mkdir(staging, 0o700, dir_fd=parent_fd)
     loop = asyncio.get_running_loop()
-    feed = _Feed(loop, source, key, plan_batches(ts, limits.max_chunks_per_request))
+    batches = plan_batches(ts, limits.max_chunks_per_request, limits.max_chunk_bytes)
+    feed = _Feed(loop, source, key, batches)
     writer = _Writer(ts, feed, limits, staging, loop, progress)
     thread = asyncio.ensure_future(asyncio.to_thread(writer.run, parent_fd, root_mode))
     try:
@@ -362,6 +382,7 @@ class _Writer:
         self.result = MaterializeResult(staging, skipped=ts.skipped)
         self.stop = threading.Event()
         self._reported = 0
+        self._umask = _umask()
 
     def run(self, parent_fd: int, root_mode: int) -> MaterializeResult:
         res = self.result
@@ -404,8 +425,26 @@ class _Writer:
         # (Finishing small files on a thread pool was measured: slower, the
         # GIL hand-offs cost more than the overlapped syscalls save.)
         res = self.result
-        fd = os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=dfd)
-        self._finish(fd, rel, node, self._chunks(node))
+        mode = node.mode & wf.MODE_MASK
+        # Created with its final mode when the umask keeps it (the fd is
+        # writable whatever the mode), saving an fchmod per file.
+        direct = mode & self._umask == 0
+        fd = os.open(node.name, _FILE_FLAGS, mode if direct else 0o600, dir_fd=dfd)
+        chunk_ids = node.chunk_ids
+        if len(chunk_ids) == 1:
+            size = node.size
+            try:
+                data = self.feed.take(chunk_ids[0], min(size, self.limits.max_chunk_bytes))
+            except BaseException:
+                os.close(fd)
+                raise
+            if len(data) != size:
+                os.close(fd)
+                raise _size_mismatch(node, len(data))
+            chunks: Iterable[bytes] = (data,)
+        else:
+            chunks = self._chunks(node)
+        self._finish(fd, rel, node, chunks, chmod=not direct)
         res.files += 1
         res.total_bytes += node.size
         if self.progress is not None and res.total_bytes - self._reported >= _PROGRESS_STEP:
@@ -423,7 +462,15 @@ class _Writer:
         if written != node.size:
             raise _size_mismatch(node, written)
 
-    def _finish(self, fd: int, rel: bytes, node: format_pb2.Node, chunks: Iterable[bytes]) -> None:
+    def _finish(
+        self,
+        fd: int,
+        rel: bytes,
+        node: format_pb2.Node,
+        chunks: Iterable[bytes],
+        *,
+        chmod: bool = True,
+    ) -> None:
         """Write ``chunks`` into ``fd``, set mode and mtime, record, close."""
         try:
             hole = False
@@ -433,12 +480,14 @@ class _Writer:
                 if hole:
                     os.lseek(fd, len(data), os.SEEK_CUR)
                     continue
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                n = os.write(fd, data)
+                if n < len(data):
+                    view = memoryview(data)[n:]
+                    while view:
+                        view = view[os.write(fd, view) :]
             if hole:
                 os.ftruncate(fd, node.size)  # a trailing hole has no size until then
-            if node.mode & wf.MODE_MASK != 0o600:
+            if chmod and node.mode & wf.MODE_MASK != 0o600:
                 os.fchmod(fd, node.mode & wf.MODE_MASK)
             os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             st = os.fstat(fd)
@@ -450,6 +499,20 @@ class _Writer:
         os.symlink(node.link_target, node.name, dir_fd=dfd)
         os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd, follow_symlinks=False)
         self.result.symlinks += 1
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be
+    read by setting it, which would race with other threads); 0o777 (every
+    file gets an fchmod) if it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
 
 
 def _size_mismatch(node: format_pb2.Node, got: int) -> DataLoss:

@@ -134,16 +134,19 @@ def place_config(
     project_key: str,
     old_cwd: str,
     new_cwd: str,
+    new_project_key: str | None = None,
 ) -> PlacementReport:
     """Move what belongs to ``session_id`` from ``staging`` (a materialized
     config tree inside the config dir ``config_fd``) into place for
     ``new_cwd``. ``project_key`` (the old key) picks the transcript when
     several keys hold one. Replaces an existing transcript, subagent dir and
-    file-history dir of that session; leaves everything else alone."""
+    file-history dir of that session; leaves everything else alone.
+    ``new_project_key`` is the SDK's key of ``new_cwd`` when the caller has
+    it already (else the SDK is asked here)."""
     if not _SESSION_ID.fullmatch(session_id):
         raise InvalidArgument(f"config tree for an invalid session id {session_id[:60]!r}")
     new_cwd = os.path.realpath(new_cwd)
-    report = PlacementReport(project_key=projectkey.compute(new_cwd))
+    report = PlacementReport(project_key=new_project_key or projectkey.compute(new_cwd))
     src = os.open(staging, _DIR, dir_fd=config_fd)
     try:
         report.dropped += _count_others(src, {"projects", "file-history"})

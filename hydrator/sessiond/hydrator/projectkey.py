@@ -1,20 +1,22 @@
 """The SDK's project key of a working directory, without importing the SDK
-on every command.
+in the hydrator's own process on every command.
 
 ``claude_agent_sdk.project_key_for_directory`` is the only source of the key
 (it is never re-implemented here), but importing ``claude_agent_sdk`` costs
-about a second of CPU (it pulls in ``mcp`` and its pydantic models) — more
-than a whole incremental snapshot. So:
+about a second of CPU (it pulls in ``mcp`` and its pydantic models), all of
+it holding the GIL — more than a whole incremental snapshot. So:
 
 * :func:`project_key` remembers the key the SDK computed in
   ``<state dir>/project_key.json``, keyed by the directory string it was
   computed for and by the installed SDK (path, size and mtime of its
   ``__init__.py``, found without importing it); a later call for the same
-  directory with the same SDK reads the file instead of importing the SDK.
-  A missing or unreadable memo just means asking the SDK again.
-* :func:`preload` starts importing the SDK on a daemon thread, so a command
-  that will need it (``restore`` prints the key) overlaps the import with
-  its network and disk work.
+  directory with the same SDK reads the file instead. A missing or stale
+  memo just means asking the SDK again.
+* :class:`Background` asks the SDK in a child interpreter started at once,
+  so a command that needs the key only at its end (``restore`` prints it; a
+  first ``snapshot`` puts it in the manifest) overlaps the import with its
+  own work on another core instead of stalling its threads on the GIL. If
+  the child fails for any reason the key is computed in-process.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ import contextlib
 import importlib.util
 import json
 import os
-import threading
+import subprocess
+import sys
 from pathlib import Path
 
 MEMO_FILE = "project_key.json"
-
-_lock = threading.Lock()
-_preloading: threading.Thread | None = None
+_CHILD = (
+    "import sys\n"
+    "from claude_agent_sdk import project_key_for_directory\n"
+    "sys.stdout.write(project_key_for_directory(sys.argv[1]))\n"
+)
+_CHILD_TIMEOUT = 120.0
 
 
 def _sdk_fingerprint() -> str:
@@ -44,51 +50,95 @@ def _sdk_fingerprint() -> str:
     return f"{origin}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _import_sdk() -> None:
-    with contextlib.suppress(Exception):  # the caller's own import reports it
-        import claude_agent_sdk  # noqa: F401
-
-
-def preload() -> None:
-    """Start importing the SDK in the background (idempotent)."""
-    global _preloading
-    with _lock:
-        if _preloading is None:
-            _preloading = threading.Thread(
-                target=_import_sdk, name="sessiond-sdk-import", daemon=True
-            )
-            _preloading.start()
-
-
 def compute(directory: str) -> str:
-    """``project_key_for_directory(directory)`` from the SDK itself."""
+    """``project_key_for_directory(directory)`` from the SDK, in-process."""
     from claude_agent_sdk import project_key_for_directory
 
     return str(project_key_for_directory(directory))
 
 
+def remembered(directory: str | os.PathLike[str], state_dir: Path | None) -> str | None:
+    """The memo's key for ``directory`` if it is valid for the installed SDK."""
+    if state_dir is None:
+        return None
+    sdk = _sdk_fingerprint()
+    if not sdk:
+        return None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        data = json.loads((state_dir / MEMO_FILE).read_text())
+        if data.get("directory") == os.fspath(directory) and data.get("sdk") == sdk:
+            key = data.get("key")
+            if isinstance(key, str) and key:
+                return key
+    return None
+
+
+def remember(directory: str | os.PathLike[str], key: str, state_dir: Path | None) -> None:
+    """Write the memo (temp file + rename; best effort)."""
+    sdk = _sdk_fingerprint()
+    if state_dir is None or not sdk:
+        return
+    with contextlib.suppress(OSError):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_dir / f".{MEMO_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"directory": os.fspath(directory), "sdk": sdk, "key": key}))
+        os.replace(tmp, state_dir / MEMO_FILE)
+
+
 def project_key(directory: str | os.PathLike[str], state_dir: Path | None = None) -> str:
     """The SDK's project key for ``directory`` (as given: pass a realpath),
     from the memo in ``state_dir`` when it was computed for the same string
-    by the same SDK; else computed (and remembered, best effort)."""
+    by the same SDK; else computed in-process and remembered."""
     text = os.fspath(directory)
-    sdk = _sdk_fingerprint()
-    memo = state_dir / MEMO_FILE if state_dir is not None else None
-    if memo is not None and sdk:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            data = json.loads(memo.read_text())
-            if data.get("directory") == text and data.get("sdk") == sdk:
-                key = data.get("key")
-                if isinstance(key, str) and key:
-                    return key
-    key = compute(text)
-    if memo is not None and sdk:
-        with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_name(f".{MEMO_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"directory": text, "sdk": sdk, "key": key}))
-            os.replace(tmp, memo)
+    key = remembered(text, state_dir)
+    if key is None:
+        key = compute(text)
+        remember(text, key, state_dir)
     return key
 
 
-__all__ = ["compute", "preload", "project_key"]
+class Background:
+    """The key of ``directory``, being computed by a child interpreter.
+    :meth:`result` waits for it (falling back to :func:`compute`);
+    :meth:`close` stops a child whose answer is no longer wanted."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._proc: subprocess.Popen[bytes] | None
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, directory],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            self._proc = None
+        self._key: str | None = None
+
+    def result(self) -> str:
+        if self._key is not None:
+            return self._key
+        proc, self._proc = self._proc, None
+        key = ""
+        if proc is not None:
+            try:
+                out, _ = proc.communicate(timeout=_CHILD_TIMEOUT)
+                if proc.returncode == 0:
+                    key = out.decode("utf-8", "replace").strip()
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._key = key or compute(self.directory)
+        return self._key
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+
+
+__all__ = ["Background", "compute", "project_key", "remember", "remembered"]

@@ -67,14 +67,9 @@ class WorkspaceRemote:
 
         async def requests() -> AsyncIterator[workspace_pb2.PutPackRequest]:
             yield workspace_pb2.PutPackRequest(header=header)
-            buf = bytearray()
-            for c in chunks:
-                buf += c.frame
-                while len(buf) >= PACK_MESSAGE_BYTES:
-                    yield workspace_pb2.PutPackRequest(data=bytes(buf[:PACK_MESSAGE_BYTES]))
-                    del buf[:PACK_MESSAGE_BYTES]
-            if buf:
-                yield workspace_pb2.PutPackRequest(data=bytes(buf))
+            data = b"".join(c.frame for c in chunks)
+            for start in range(0, len(data), PACK_MESSAGE_BYTES):
+                yield workspace_pb2.PutPackRequest(data=data[start : start + PACK_MESSAGE_BYTES])
 
         return await call(self._stub.PutPack, requests(), metadata=self._md)
 

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from sessiond.api.v1 import format_pb2
 from sessiond.client import workspace_format as wf
-from sessiond.client.errors import Aborted, DataLoss, InvalidArgument
+from sessiond.client.errors import Aborted, DataLoss, InvalidArgument, ResourceExhausted
 
 from .materialize import (
     ChunkSource,
@@ -52,6 +52,7 @@ from .materialize import (
     swap_into_place,
 )
 from .placement import PlacementReport, default_config_dir, place_config
+from .projectkey import Background
 from .remote import WorkspaceRemote
 from .statcache import StatCache, key_fingerprint
 
@@ -108,15 +109,29 @@ def load_state(state_dir: Path) -> dict[str, Any] | None:
 # -- the chunk source ----------------------------------------------------------
 
 
-def remote_source(remote: WorkspaceRemote) -> ChunkSource:
+# What one GetChunks answer may hold. The materializer plans data batches to
+# hold at most BATCH_WORST_BYTES of legitimate chunks; this stops a snapshot
+# whose trees lie about sizes (small files naming huge chunks) from making
+# the hydrator hold more than this per request.
+FETCH_MAX_BYTES = 256 << 20
+
+
+def remote_source(remote: WorkspaceRemote, max_bytes: int = FETCH_MAX_BYTES) -> ChunkSource:
     """GetChunks as a :data:`ChunkSource`; frames come back unverified (the
     materializer verifies each against its id before use)."""
 
     async def fetch(ids: Sequence[bytes]) -> list[RawChunk]:
         out: list[RawChunk] = []
+        held = 0
         async for chunk in remote.get_chunks(ids):
             if len(out) >= len(ids) or chunk.chunk_id != ids[len(out)]:
                 raise DataLoss("GetChunks answered out of order")
+            held += len(chunk.data)
+            if held > max_bytes:
+                raise ResourceExhausted(
+                    f"{len(ids)} chunks hold more than {max_bytes} bytes: the snapshot's"
+                    " trees understate its chunks"
+                )
             out.append((chunk.data, chunk.raw_length))
         if len(out) != len(ids):
             raise DataLoss(f"GetChunks returned {len(out)} of {len(ids)} chunks")
@@ -138,11 +153,15 @@ async def restore(
     limits: Limits | None = None,
     progress: ProgressFn | None = None,
     epoch: int | None = None,
+    project_key: Background | None = None,
 ) -> RestoreReport:
     """Restore ``snapshot_id`` (default: the latest) into ``cwd`` and take the
     session's lease — or, when ``epoch`` is given, work under that epoch,
     which a managing server already holds (``Aborted`` if it is no longer
-    current). With no snapshot yet, ``cwd`` is created empty."""
+    current). With no snapshot yet, ``cwd`` is created empty.
+    ``project_key``, the SDK's key of the realpath of ``cwd`` being computed
+    (the CLI starts it first: see :mod:`.projectkey`), is used to place the
+    config tree instead of importing the SDK here."""
     started = time.monotonic()
     target = await asyncio.to_thread(_resolve, cwd)
     ws = await remote.workspace(acquire_lease=epoch is None)
@@ -198,7 +217,7 @@ async def restore(
         try:
             if config_ts is not None and not cfg_inside:
                 report.config = await _place_config(
-                    source, key, config_ts, lim, cfg, manifest, target
+                    source, key, config_ts, lim, cfg, manifest, target, project_key
                 )
             if in_place:
                 await _to_thread_to_the_end(_swap_contents, work_fd, result.staging_name)
@@ -219,7 +238,9 @@ async def restore(
             os.close(work_fd)
         os.close(parent_fd)
     if config_ts is not None and cfg_inside:
-        report.config = await _place_config(source, key, config_ts, lim, cfg, manifest, target)
+        report.config = await _place_config(
+            source, key, config_ts, lim, cfg, manifest, target, project_key
+        )
 
     report.files, report.dirs, report.symlinks = result.files, result.dirs, result.symlinks
     report.bytes, report.skipped = result.total_bytes, result.skipped
@@ -253,9 +274,13 @@ async def _place_config(
     cfg: Path,
     manifest: format_pb2.Manifest,
     target: Path,
+    project_key: Background | None,
 ) -> PlacementReport:
     """Materialize the config tree into a staging directory inside the config
     dir (same file system, so placement is renames), then place it."""
+    new_key = None
+    if project_key is not None and project_key.directory == os.fsdecode(target):
+        new_key = await asyncio.to_thread(project_key.result)
     await asyncio.to_thread(cfg.mkdir, parents=True, exist_ok=True)
     cfg_fd = os.open(cfg, _DIR_FLAGS)
     try:
@@ -269,6 +294,7 @@ async def _place_config(
                 project_key=manifest.project_key,
                 old_cwd=os.fsdecode(manifest.source_cwd),
                 new_cwd=os.fsdecode(target),
+                new_project_key=new_key,
             )
         finally:
             await asyncio.to_thread(remove_tree, cfg_fd, staged.staging_name)

@@ -39,6 +39,7 @@ from sessiond.client.errors import (
     Unavailable,
 )
 
+from . import projectkey
 from .chunker import ChunkParams
 from .configstate import CACHE_FILE_NAME, ConfigCollector, ConfigState, project_key
 from .progress import Progress
@@ -174,6 +175,11 @@ async def snapshot(
         epoch = state.epoch if state.epoch is not None else await lease_epoch(remote, state_dir)
     sid = sdk_session_id if sdk_session_id is not None else ws.sdk_session_id
     limits = Limits.from_proto(ws.limits)
+    # The manifest names the project key: ask the SDK now, in a child, if it
+    # is not remembered (the config collector, when it runs, asks itself).
+    key_job = None
+    if not (config_dir is not None and sid) and projectkey.remembered(real, state_dir) is None:
+        key_job = projectkey.Background(str(real))
     caches = _caches(state, state_dir, real, config_dir, sid, key)
     dirty = state.take_dirty()
     try:
@@ -225,7 +231,9 @@ async def snapshot(
                 source_cwd=os.fsencode(real),
                 sdk_session_id=sid,
                 project_key=(
-                    built.config.project_key if built.config else project_key(real, state_dir)
+                    built.config.project_key
+                    if built.config
+                    else _manifest_project_key(real, state_dir, key_job)
                 ),
                 transcript_uuid=t_uuid,
                 transcript_seq=t_seq,
@@ -242,6 +250,9 @@ async def snapshot(
     except BaseException:
         state.return_dirty(dirty)
         raise
+    finally:
+        if key_job is not None:
+            key_job.close()
     files, dirs, links, nbytes = built.totals
     stats = common_pb2.SnapshotStats(
         files=files,
@@ -327,6 +338,14 @@ def _caches(
             state_dir, root=config_root, chunk_key=key, name=CACHE_FILE_NAME
         )
     return cache, config_cache
+
+
+def _manifest_project_key(real: Path, state_dir: Path, job: projectkey.Background | None) -> str:
+    if job is None:
+        return project_key(real, state_dir)
+    key = job.result()
+    projectkey.remember(str(real), key, state_dir)
+    return key
 
 
 def _used(caches: tuple[StatCache, StatCache]) -> bool:

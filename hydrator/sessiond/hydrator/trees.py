@@ -52,6 +52,11 @@ RACY_WINDOW_NS = 2_000_000_000
 
 _FP = struct.Struct("<HBIqqQq")
 _EMPTY_TOTALS: Totals = (0, 0, 0, 0)
+# Small files are read in groups, one reader-pool task (and one hand-over of
+# their chunks to the uploader) per group: a task per file cost more in
+# futures and thread wake-ups than reading the file.
+GROUP_FILES = 128
+GROUP_BYTES = 2 << 20
 
 
 def fingerprint(entries: list[Entry], subtree_ids: dict[bytes, bytes]) -> bytes:
@@ -87,12 +92,20 @@ class Ready:
 
 
 @dataclass(slots=True)
+class _Slot:
+    """A file read as part of a group: ``future`` gives the group's results."""
+
+    future: Future[list[FileChunks | None]]
+    index: int
+
+
+@dataclass(slots=True)
 class _Task:
     rel: bytes
     path: bytes
     entries: list[Entry]
     children: dict[bytes, Ready | _Task | None]
-    files: dict[bytes, tuple[bytes, ...] | Future[FileChunks | None]]
+    files: dict[bytes, tuple[bytes, ...] | Future[FileChunks | None] | _Slot]
     totals: Totals
     racy: bool
     tree_id: bytes = b""
@@ -172,6 +185,11 @@ class TreeBuilder:
                     self._need.add(b"/".join(parts[:i]))
         self._tasks: list[_Task] = []
         self._futures: list[Future[FileChunks | None]] = []
+        self._groups: list[Future[list[FileChunks | None]]] = []
+        self._group: list[tuple[bytes, bytes]] = []  # (path, relpath) not yet submitted
+        self._group_slots: list[tuple[_Task, bytes]] = []
+        self._group_bytes = 0
+        self._files_read = 0
         self.result = BuildResult(visited=None if dirty is not None else set())
 
     # -- phase 1 -------------------------------------------------------------
@@ -179,6 +197,7 @@ class TreeBuilder:
     def visit(self, path: bytes, rel: bytes = b"", depth: int = 0) -> Ready | _Task:
         """Visit a root (or the part of it at ``rel``)."""
         node = self._visit(path, rel, depth)
+        self._flush_group()
         if node is None:
             raise FailedPrecondition(f"directory {path.decode(errors='replace')} vanished")
         return node
@@ -211,6 +230,14 @@ class TreeBuilder:
                     join(rel, e.name) for e in old if e.type == wf.DIR and e.name not in now
                 )
         children: dict[bytes, Ready | _Task | None] = {}
+        task = _Task(rel, path, entries, children, {}, _EMPTY_TOTALS, False)
+        known = rec.files if rec is not None else {}
+        # A directory without a fingerprint is built whatever its entries
+        # say: its files are queued as the walk meets them (depth-first, by
+        # name), so that packs hold chunks in the order a restore writes
+        # them and it reads them back with few ranged GETs. Otherwise they
+        # are looked at only if the fingerprint differs.
+        eager = rec is None or not rec.fingerprint
         files = dirs = links = nbytes = 0
         racy = False
         cutoff = self.racy_cutoff
@@ -221,6 +248,8 @@ class TreeBuilder:
             if e.type == wf.FILE:
                 files += 1
                 nbytes += st.st_size
+                if eager:
+                    self._want(task, known, e)
             elif e.type == wf.DIR:
                 child = self._visit(path + b"/" + e.name, join(rel, e.name), depth + 1)
                 children[e.name] = child
@@ -237,24 +266,63 @@ class TreeBuilder:
         direct = [e for e in entries if e.type == wf.FILE]
         self.budget.add(len(entries), sum(e.st.st_size for e in direct), rel)
         totals = (files, dirs, links, nbytes)
-        if not racy and all(isinstance(c, Ready) for c in children.values()):
+        if not eager and not racy and all(isinstance(c, Ready) for c in children.values()):
             ids = {name: c.tree_id for name, c in children.items() if isinstance(c, Ready)}
-            if rec is not None and rec.fingerprint and rec.fingerprint == fingerprint(entries, ids):
+            if rec is not None and rec.fingerprint == fingerprint(entries, ids):
                 return Ready(rec.tree_id, totals)
-        task = _Task(rel, path, entries, children, {}, totals, racy)
-        for e in direct:
-            frel = join(rel, e.name)
-            # A hit is never racy: its signature was recorded when the file
-            # was already older than the racy window, and still matches.
-            cached = self.cache.lookup(frel, e.st)
-            if cached is not None:
-                task.files[e.name] = cached
-            else:
-                fut = self.pool.submit(self._read, path + b"/" + e.name, frel)
-                self._futures.append(fut)
-                task.files[e.name] = fut
+        task.totals, task.racy = totals, racy
+        if not eager:
+            for e in direct:
+                self._want(task, known, e)
         self._tasks.append(task)
         return task
+
+    def _want(self, task: _Task, known: dict[bytes, FileRecord], e: Entry) -> None:
+        """The chunk ids of file ``e`` of ``task``: cached, or to be read."""
+        # A hit is never racy: its signature was recorded when the file was
+        # already older than the racy window, and still matches.
+        st = e.st
+        hit = known.get(e.name)
+        if hit is not None and hit[0] == signature(st):
+            packed = hit[1]
+            task.files[e.name] = tuple(packed[i : i + 32] for i in range(0, len(packed), 32))
+            return
+        self._files_read += 1
+        full, frel = task.path + b"/" + e.name, join(task.rel, e.name)
+        if st.st_size >= self.params.small_file:
+            fut = self.pool.submit(self._read, full, frel)
+            self._futures.append(fut)
+            task.files[e.name] = fut
+            return
+        self._group.append((full, frel))
+        self._group_slots.append((task, e.name))
+        self._group_bytes += st.st_size
+        if len(self._group) >= GROUP_FILES or self._group_bytes >= GROUP_BYTES:
+            self._flush_group()
+
+    def _flush_group(self) -> None:
+        if not self._group:
+            return
+        fut = self.pool.submit(self._read_group, self._group)
+        self._groups.append(fut)
+        for i, (task, name) in enumerate(self._group_slots):
+            task.files[name] = _Slot(fut, i)
+        self._group, self._group_slots, self._group_bytes = [], [], 0
+
+    def _read_group(self, files: list[tuple[bytes, bytes]]) -> list[FileChunks | None]:
+        """Read small files; their chunks go to the uploader together."""
+        items: list[tuple[bytes, int, bytes]] = []
+
+        def sink(cid: bytes, data: bytes) -> None:
+            items.append((cid, DATA, data))
+            if len(items) >= GROUP_FILES:  # a file that grew large meanwhile
+                self.uploader.submit_many(items)
+                items.clear()
+
+        out = [self._read_one(path, rel, sink) for path, rel in files]
+        if items:
+            self.uploader.submit_many(items)
+        return out
 
     def _read(self, path: bytes, rel: bytes) -> FileChunks | None:
         submit = self.uploader.submit
@@ -262,6 +330,11 @@ class TreeBuilder:
         def sink(cid: bytes, data: bytes) -> None:
             submit(cid, DATA, data)
 
+        return self._read_one(path, rel, sink)
+
+    def _read_one(
+        self, path: bytes, rel: bytes, sink: Callable[[bytes, bytes], None]
+    ) -> FileChunks | None:
         try:
             res = chunk_file(path, self.key, self.params, sink)
         except PermissionError:
@@ -277,14 +350,17 @@ class TreeBuilder:
 
     def build(self) -> None:
         """Build every pending tree (children before parents)."""
+        self._flush_group()
         try:
             for task in self._tasks:
                 self._build(task)
         except BaseException:
             for fut in self._futures:
                 fut.cancel()
+            for group in self._groups:
+                group.cancel()
             raise
-        self.result.files_read = len(self._futures)
+        self.result.files_read = self._files_read
 
     def tree_id(self, node: Ready | _Task) -> bytes:
         return node.tree_id
@@ -302,7 +378,7 @@ class TreeBuilder:
                 if isinstance(got, tuple):
                     ids = got
                 else:
-                    res = got.result()
+                    res = got.future.result()[got.index] if isinstance(got, _Slot) else got.result()
                     if res is None:
                         complete = False
                         continue

@@ -8,6 +8,7 @@ by the caller's window (``read_window``), never by the request size.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from sessiond.client.errors import DataLoss, NotFound
 
 from ..storage.blob import BlobStore
 from ..storage.records import ChunkLocation
+
+log = logging.getLogger(__name__)
 
 # Read the bytes between two wanted chunks instead of issuing another request
 # when the gap is at most this many bytes.
@@ -69,6 +72,7 @@ class ChunkReader:
                     end = loc.offset + loc.length
             spans.append((key, current))
         await asyncio.gather(*(read_span(k, idxs) for k, idxs in spans))
+        log.debug("read %d chunks with %d ranged GETs", len(locations), len(spans))
         out: list[StoredChunk] = []
         for loc, frame in zip(locations, frames, strict=True):
             assert frame is not None

@@ -70,8 +70,8 @@ _CTX_KEK = "sessiond 2025 data key wrapping"
 _CTX_AEAD = "sessiond 2025 stored object AES-256-GCM"
 _CTX_NONCE = "sessiond 2025 stored object synthetic nonce"
 
-# cryptography >= 45 seals straight into a caller's buffer (no per-object
-# allocation); older versions allocate and we copy.
+# Recent cryptography releases seal straight into a caller's buffer (no
+# per-object allocation); with older ones (>= 42 is required) we copy.
 _HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 
 
@@ -286,7 +286,7 @@ class Sealer:
         body = out[1 + NONCE_BYTES : n]
         if _HAS_ENCRYPT_INTO:
             self._aead.encrypt_into(nonce, data, aad, body)
-        else:  # pragma: no cover - cryptography < 45
+        else:  # pragma: no cover - older cryptography
             body[:] = self._aead.encrypt(nonce, bytes(data), aad)
         return n
 
