@@ -67,9 +67,22 @@ class WorkspaceRemote:
 
         async def requests() -> AsyncIterator[workspace_pb2.PutPackRequest]:
             yield workspace_pb2.PutPackRequest(header=header)
-            data = b"".join(c.frame for c in chunks)
-            for start in range(0, len(data), PACK_MESSAGE_BYTES):
-                yield workspace_pb2.PutPackRequest(data=data[start : start + PACK_MESSAGE_BYTES])
+            # Messages of PACK_MESSAGE_BYTES cut across frames, built as they
+            # are sent (no copy of the whole pack).
+            parts: list[bytes] = []
+            room = PACK_MESSAGE_BYTES
+            for c in chunks:
+                frame, off = c.frame, 0
+                while off < len(frame):
+                    take = min(len(frame) - off, room)
+                    parts.append(frame if take == len(frame) else frame[off : off + take])
+                    off += take
+                    room -= take
+                    if not room:
+                        yield workspace_pb2.PutPackRequest(data=b"".join(parts))
+                        parts, room = [], PACK_MESSAGE_BYTES
+            if parts:
+                yield workspace_pb2.PutPackRequest(data=b"".join(parts))
 
         return await call(self._stub.PutPack, requests(), metadata=self._md)
 

@@ -7,7 +7,10 @@ uploader groups them into batches (``BATCH_BYTES`` or the server's
 what the server already has, compresses the rest in a thread pool and
 appends the frames to a pack that is sent with PutPack once it reaches
 ``PACK_BYTES``. So a file is read once: its data waits in memory for the
-MissingChunks answer instead of being read again.
+MissingChunks answer instead of being read again. Trees go into packs of
+their own (restic does the same), or at the end of the last pack: a
+restore, and the server's check of a manifest, read them level by level,
+and scattered among data chunks each level cost one ranged GET per tree.
 
 Memory is bounded: plaintext waiting in batches plus frames waiting in packs
 never exceed ``MAX_BUFFERED_BYTES`` (+ one submission); :meth:`submit` blocks
@@ -27,7 +30,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sessiond.api.v1 import workspace_pb2
 from sessiond.client import workspace_format as wf
@@ -56,6 +59,19 @@ class UploadStats:
     new_bytes: int = 0  # plaintext of the chunks sent
     uploaded_bytes: int = 0  # compressed bytes sent
     packs: int = 0
+
+
+@dataclass
+class _Open:
+    """A pack being filled."""
+
+    chunks: list[PendingChunk] = field(default_factory=list)
+    size: int = 0
+
+    def take(self) -> tuple[list[PendingChunk], int]:
+        taken = self.chunks, self.size
+        self.chunks, self.size = [], 0
+        return taken
 
 
 def _compress_all(items: Sequence[_Item]) -> list[PendingChunk]:
@@ -94,8 +110,7 @@ class Uploader:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
         self._pack_lock = asyncio.Lock()
-        self._pack: list[PendingChunk] = []
-        self._pack_size = 0
+        self._open = {DATA: _Open(), TREE: _Open()}  # packs being filled, by kind
         self._uploads: set[asyncio.Task[None]] = set()
         self._upload_slots = asyncio.Semaphore(PACKS_IN_FLIGHT)
 
@@ -177,19 +192,18 @@ class Uploader:
                 self._cond.notify_all()
             async with self._pack_lock:
                 for f in frames:
-                    self._pack.append(f)
-                    self._pack_size += len(f.frame)
-                    if self._pack_size >= self._pack_target:
-                        await self._ship()
+                    pack = self._open[f.kind]
+                    pack.chunks.append(f)
+                    pack.size += len(f.frame)
+                    if pack.size >= self._pack_target:
+                        await self._ship(pack.take())
         except BaseException as exc:
             self._fail(exc)
             raise
 
-    async def _ship(self) -> None:
-        """Send the current pack once fewer than ``PACKS_IN_FLIGHT`` are
-        being sent."""
-        pack, size = self._pack, self._pack_size
-        self._pack, self._pack_size = [], 0
+    async def _ship(self, taken: tuple[list[PendingChunk], int]) -> None:
+        """Send a pack once fewer than ``PACKS_IN_FLIGHT`` are being sent."""
+        pack, size = taken
         if not pack:
             return
         await self._upload_slots.acquire()
@@ -224,7 +238,14 @@ class Uploader:
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
         async with self._pack_lock:
-            await self._ship()
+            data, trees = self._open[DATA], self._open[TREE]
+            if data.size + trees.size <= self._pack_target:
+                chunks, size = data.take()
+                more, extra = trees.take()
+                await self._ship((chunks + more, size + extra))
+            else:
+                await self._ship(data.take())
+                await self._ship(trees.take())
         while self._uploads:
             await asyncio.gather(*list(self._uploads))
         if self._error is not None:

@@ -53,6 +53,8 @@ from .workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
+IDEMPOTENCY_TTL = 24 * 3600.0
+
 DEFAULT_GRACE = 3600.0
 DEFAULT_LEASE_TTL = 60.0
 #: Rows (and objects) deleted per transaction.
@@ -150,6 +152,7 @@ class GarbageCollector:
                     self._report.errors.append(f"tenant {settings.tenant_id}: {exc}")
                 self._report.tenants += 1
             await self._abort_uploads()
+            await self._expire_idempotency_keys()
         finally:
             if renewer is not None:
                 renewer.cancel()
@@ -160,6 +163,13 @@ class GarbageCollector:
         self._report.seconds = time.monotonic() - started
         log.info("gc done: %s", self._report.to_dict())
         return self._report
+
+    async def _expire_idempotency_keys(self) -> None:
+        """Idempotency keys live 24 h (claims also ignore older rows)."""
+        if self.dry_run:
+            return
+        while await self._meta.idempotency.expire(IDEMPOTENCY_TTL, limit=1000) == 1000:
+            self._alive()
 
     # -- one tenant -----------------------------------------------------------
 

@@ -202,7 +202,6 @@ class Workspaces:
         size = len(body)
         # Data first: the pack object is durable before any index row names it.
         await self._blobs.put(blob_key, body)
-        del body
         locations = []
         offset = 0
         for c, length in zip(chunks, lengths, strict=True):
@@ -221,6 +220,13 @@ class Workspaces:
         stored = await self._meta.chunks.add_pack(
             tenant_id, PackRecord(pack_id=pid, blob_key=blob_key, size=size), locations
         )
+        # Pack ids are content hashes: a GC that deleted an identical earlier
+        # pack (object under its row lock, then the row) between our put and
+        # our index commit would leave rows naming a deleted object. Such a GC
+        # has finished by now, so one look settles it.
+        if not await self._blobs.exists(blob_key):
+            await self._blobs.put(blob_key, body)
+        del body
         return pid, stored, size
 
     # -- GetChunks -----------------------------------------------------------
@@ -283,6 +289,11 @@ class Workspaces:
                 created_at=await self._meta.now(),
             ),
         )
+        # As for packs: a GC may have deleted an identical, unreferenced
+        # manifest object between our stat and our row.
+        if not await self._blobs.exists(blob_key):
+            sealer = await self.keyring.sealer(tenant_id)
+            await self._blobs.put(blob_key, sealer.seal_manifest(mid, data))
         return mid
 
     async def _verify_trees(self, tenant_id: str, key: bytes, roots: list[bytes]) -> None:
@@ -297,7 +308,9 @@ class Workspaces:
             todo: list[ChunkLocation] = []
             for tid in level:
                 loc = found.get(tid)
-                if loc is None:
+                # A chunk GC has marked counts as missing: the snapshot must
+                # re-upload it (which un-marks it) or the sweep would take it.
+                if loc is None or loc.marked:
                     raise FailedPrecondition(f"manifest references missing tree {tid.hex()[:16]}…")
                 if loc.kind != "tree":
                     raise InvalidArgument(f"{tid.hex()[:16]}… is not a tree")
@@ -322,7 +335,8 @@ class Workspaces:
                 batch = ids[start : start + self.limits.max_chunks_per_request]
                 present = await self._meta.chunks.lookup(tenant_id, batch)
                 for cid in batch:
-                    if cid not in present:
+                    found_loc = present.get(cid)
+                    if found_loc is None or found_loc.marked:
                         what = "tree" if children[cid] else "chunk"
                         raise FailedPrecondition(
                             f"manifest references missing {what} {cid.hex()[:16]}…"
