@@ -169,6 +169,8 @@ class ServerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # server_rpc_durations reads the text format's RPC lines.
+                env={**os.environ, "SESSIOND_LOG_FORMAT": "text"},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -61,7 +61,8 @@ def add_parser(sub: Any) -> None:
     )
     rm.set_defaults(run=_run(_tenant_rm, blobs=True))
     tset = tsub.add_parser(
-        "set", help="set a tenant's retention (applied by `sessiond gc`; 0 removes a limit)"
+        "set",
+        help="set a tenant's retention (applied by `sessiond gc`) and quotas; 0 removes a limit",
     )
     tset.add_argument("tenant_id")
     tset.add_argument(
@@ -77,6 +78,12 @@ def add_parser(sub: Any) -> None:
         default=None,
         metavar="D",
         help="delete sessions that stayed suspended for D days",
+    )
+    tset.add_argument(
+        "--quota-bytes", type=int, default=None, metavar="N", help="stored bytes quota"
+    )
+    tset.add_argument(
+        "--quota-sessions", type=int, default=None, metavar="N", help="live sessions quota"
     )
     tset.set_defaults(run=_run(_tenant_set))
 
@@ -136,6 +143,14 @@ async def _tenant_rm(tenants: Tenants, args: argparse.Namespace) -> None:
 
 
 async def _tenant_set(tenants: Tenants, args: argparse.Namespace) -> None:
+    if args.quota_bytes is not None or args.quota_sessions is not None:
+        u = await tenants.set_quota(
+            args.tenant_id, quota_bytes=args.quota_bytes, quota_sessions=args.quota_sessions
+        )
+        print(
+            f"tenant {args.tenant_id}: {u.stored_bytes} of {u.quota_bytes or 'unlimited'} bytes,"
+            f" {u.live_sessions} of {u.quota_sessions or 'unlimited'} sessions"
+        )
     r = await tenants.set_retention(
         args.tenant_id,
         keep_last_snapshots=args.keep_last,

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sessiond.client.errors import FailedPrecondition
+from sessiond.client.errors import FailedPrecondition, ResourceExhausted
 
 from .. import validation
 from ..storage.metadata import MetadataStore
@@ -39,6 +39,12 @@ class Sessions:
         snapshot_policy: dict[str, Any] | None = None,
     ) -> SessionRecord:
         sid = validation.session_id(session_id) if session_id else new_session_id()
+        usage = await self._meta.quotas.usage(tenant_id)
+        if usage.quota_sessions is not None and usage.live_sessions >= usage.quota_sessions:
+            raise ResourceExhausted(
+                f"session quota of {usage.quota_sessions} reached"
+                f" ({usage.live_sessions} live sessions)"
+            )
         record = await self._meta.sessions.create(
             NewSession(
                 tenant_id=tenant_id,

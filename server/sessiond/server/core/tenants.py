@@ -14,7 +14,7 @@ from .. import validation
 from ..apikeys import new_api_key
 from ..storage.blob import BlobStore
 from ..storage.metadata import MetadataStore
-from ..storage.records import ApiKeyRecord, Retention, Tenant
+from ..storage.records import ApiKeyRecord, Retention, Tenant, Usage
 from .packs import tenant_prefix
 
 log = logging.getLogger(__name__)
@@ -166,3 +166,28 @@ class Tenants:
                 await flush()
         await flush()
         return count, size
+
+    async def set_quota(
+        self,
+        tenant_id: str,
+        *,
+        quota_bytes: int | None = None,
+        quota_sessions: int | None = None,
+    ) -> Usage:
+        """Change the tenant's quotas (None leaves one as it is, 0 removes
+        it). Returns the usage against the new quotas."""
+        for what, value in (("quota_bytes", quota_bytes), ("quota_sessions", quota_sessions)):
+            if value is not None and value < 0:
+                raise InvalidArgument(f"{what} must not be negative")
+        current = await self._meta.quotas.usage(tenant_id)
+
+        def merged(new: int | None, old: int | None) -> int | None:
+            return old if new is None else (new or None)
+
+        await self._meta.quotas.set_quota(
+            tenant_id,
+            quota_bytes=merged(quota_bytes, current.quota_bytes),
+            quota_sessions=merged(quota_sessions, current.quota_sessions),
+        )
+        log.info("quota set tenant=%s bytes=%s sessions=%s", tenant_id, quota_bytes, quota_sessions)
+        return await self._meta.quotas.usage(tenant_id)

@@ -50,6 +50,9 @@ from .sealing import KeyUnavailable, Sealer
 
 log = logging.getLogger(__name__)
 
+# Bytes a sealed frame adds (format byte, nonce, tag), for quota reservations.
+SEAL_OVERHEAD = 1 + 12 + 16
+
 TRIGGERS = ("manual", "idle", "turn", "shutdown", "watch", "import", "fork", "restore")
 
 
@@ -176,8 +179,16 @@ class Workspaces:
         indexed, stored bytes)."""
         total = check_header(chunks, self.limits)
         await self._live_session(tenant_id, session_id)
-        async with self._pack_slots:
-            return await self._put_pack(tenant_id, chunks, data, total)
+        # Reserve the stored size (frames + sealing overhead) against the
+        # tenant's quota before reading a byte: a refused upload stores nothing.
+        reservation = total + SEAL_OVERHEAD * len(chunks)
+        await self._meta.quotas.reserve_bytes(tenant_id, reservation)
+        try:
+            async with self._pack_slots:
+                return await self._put_pack(tenant_id, chunks, data, total)
+        finally:
+            # Indexed packs now count as stored; failed ones never will.
+            await self._meta.quotas.release_bytes(tenant_id, reservation)
 
     async def _put_pack(
         self, tenant_id: str, chunks: list[ChunkSpec], data: AsyncIterator[bytes], total: int

@@ -48,6 +48,7 @@ from .records import (
     TranscriptKey,
     TranscriptSession,
     TranscriptSummary,
+    Usage,
 )
 
 DEFAULT_TENANT = "default"
@@ -729,6 +730,37 @@ class GcTable(Protocol):
         ...
 
 
+class QuotaTable(Protocol):
+    """Per-tenant quotas. Stored bytes are the sizes of the tenant's pack and
+    manifest objects (so GC frees quota simply by deleting them); uploads
+    reserve their size before sending a byte, so concurrent uploads cannot
+    overshoot the quota together."""
+
+    async def set_quota(
+        self, tenant_id: str, *, quota_bytes: int | None, quota_sessions: int | None
+    ) -> None:
+        """Set (None: remove) the tenant's quotas. ``NotFound``."""
+        ...
+
+    async def usage(self, tenant_id: str) -> Usage:
+        """``NotFound`` for an unknown tenant."""
+        ...
+
+    async def reserve_bytes(self, tenant_id: str, nbytes: int) -> None:
+        """Reserve ``nbytes`` for an upload, atomically against the quota:
+        ``ResourceExhausted`` (nothing reserved) when stored + reserved +
+        ``nbytes`` would exceed it."""
+        ...
+
+    async def release_bytes(self, tenant_id: str, nbytes: int) -> None:
+        """Give back a reservation (the upload finished — its objects now
+        count as stored — or failed). Never goes below zero."""
+        ...
+
+    async def live_sessions(self, tenant_id: str) -> int:
+        ...
+
+
 class MetadataStore(Protocol):
     tenants: TenantTable
     sessions: SessionTable
@@ -737,6 +769,7 @@ class MetadataStore(Protocol):
     snapshots: SnapshotTable
     gc: GcTable
     idempotency: IdempotencyTable
+    quotas: QuotaTable
 
     async def now(self) -> datetime:
         """The database clock (timezone-aware UTC)."""

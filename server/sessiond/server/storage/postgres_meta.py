@@ -40,6 +40,7 @@ from .metadata import (
     ChunkIndex,
     GcTable,
     IdempotencyTable,
+    QuotaTable,
     SessionTable,
     SnapshotTable,
     TenantTable,
@@ -49,6 +50,7 @@ from .metadata_common import Migration, load_migrations
 from .postgres_errors import run, translate
 from .postgres_gc import PgGcTable
 from .postgres_idempotency import PgIdempotencyTable
+from .postgres_quota import PgQuotaTable
 from .postgres_sessions import PgSessionTable, PgTenantTable
 from .postgres_transcripts import PgTranscriptTable
 from .postgres_workspace import PgChunkIndex, PgSnapshotTable
@@ -74,6 +76,7 @@ class PostgresMetadataStore:
         self.snapshots: SnapshotTable = PgSnapshotTable(pool)
         self.gc: GcTable = PgGcTable(pool)
         self.idempotency: IdempotencyTable = PgIdempotencyTable(pool)
+        self.quotas: QuotaTable = PgQuotaTable(pool)
 
     @classmethod
     async def open(

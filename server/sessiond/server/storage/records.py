@@ -285,3 +285,14 @@ class ReachStats:
     empty_packs: int = 0
     # Manifest rows no snapshot references.
     unreferenced_manifests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A tenant's consumption against its quotas (None: unlimited)."""
+
+    stored_bytes: int
+    reserved_bytes: int
+    quota_bytes: int | None
+    live_sessions: int
+    quota_sessions: int | None

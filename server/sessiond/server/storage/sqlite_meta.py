@@ -45,6 +45,7 @@ from .metadata import (
     ChunkIndex,
     GcTable,
     IdempotencyTable,
+    QuotaTable,
     SessionTable,
     SnapshotTable,
     TenantTable,
@@ -53,6 +54,7 @@ from .metadata import (
 from .metadata_common import Migration, from_micros, load_migrations
 from .sqlite_gc import SqliteGcTable
 from .sqlite_idempotency import SqliteIdempotencyTable
+from .sqlite_quota import SqliteQuotaTable
 from .sqlite_tables import SqliteSessionTable, SqliteTenantTable, SqliteTranscriptTable
 from .sqlite_workspace import SqliteChunkIndex, SqliteSnapshotTable
 
@@ -241,6 +243,7 @@ class SqliteMetadataStore:
         self.snapshots: SnapshotTable = SqliteSnapshotTable(db, now_us)
         self.gc: GcTable = SqliteGcTable(db, now_us)
         self.idempotency: IdempotencyTable = SqliteIdempotencyTable(db, now_us)
+        self.quotas: QuotaTable = SqliteQuotaTable(db)
 
     @classmethod
     async def open(cls, path: str) -> SqliteMetadataStore:
