@@ -134,13 +134,15 @@ def read_time_report(report: Path, usage: Any) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
-def run_cmd(argv: Sequence[str], log: Path, timeout: float = 3600) -> Cmd:
+def run_cmd(
+    argv: Sequence[str], log: Path, timeout: float = 3600, env: dict[str, str] | None = None
+) -> Cmd:
     """Run, timing the wall clock from spawn to reaped exit."""
     out, err, rep = log.with_suffix(".out"), log.with_suffix(".err"), log.with_suffix(".time")
     with out.open("wb") as fo, err.open("wb") as fe:
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            timed_argv(argv, rep), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL
+            timed_argv(argv, rep), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env
         )
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
@@ -336,6 +338,13 @@ class Ctx:
         self.s3 = weed.client()
         self.base = base
         self.exe = hydrator_exe()
+        # --hydrator-path: run another checkout's hydrator (A/B comparisons).
+        self.env: dict[str, str] | None = None
+        if args.hydrator_path:
+            self.env = dict(os.environ)
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                [args.hydrator_path, *filter(None, [os.environ.get("PYTHONPATH")])]
+            )
 
 
 @contextlib.contextmanager
@@ -413,13 +422,35 @@ async def _with_schema(
         server = await asyncio.to_thread(Server.start, url, ctx.weed.url(bucket), work / "server")
         try:
             session_id = await _create_session(server, token)
+
+            def analyze() -> None:
+                if ctx.args.analyze:
+                    asyncio.run(_analyze(database_url, schema))
+
             await asyncio.to_thread(
                 _steps, ctx, spec, rnd, gen, work, logs, result, server, token, session_id,
-                naive_bucket,
+                naive_bucket, analyze,
             )  # fmt: skip
         finally:
             server.stop()
             result.server_log = str(server.log_path)
+
+
+async def _analyze(url: str, schema: str) -> None:
+    """ANALYZE the schema's tables (untimed, between steps): what autovacuum
+    does on a live server; this PostgreSQL may run with autovacuum off, and
+    a never-analyzed chunk index gets plans that scan a tenant's every row
+    per lookup."""
+    import asyncpg
+
+    conn = await asyncpg.connect(with_search_path(url, None))
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        if tables:
+            names = ", ".join(f'"{schema}"."{r[0]}"' for r in tables)
+            await conn.execute(f"ANALYZE {names}")
+    finally:
+        await conn.close()
 
 
 def _with_setting(url: str, name: str, value: str) -> str:
@@ -450,6 +481,7 @@ def _steps(
     token: str,
     session_id: str,
     naive_bucket: str,
+    analyze: Callable[[], None],
 ) -> None:
     args = ctx.args
     weed_pid = ctx.weed.pid
@@ -465,7 +497,7 @@ def _steps(
     def hydrator(name: str, *argv: str) -> tuple[Cmd, dict[str, float]]:
         _sync()
         with probe(server, weed_pid) as box:
-            cmd = run_cmd([*ctx.exe, argv[0], *common, *argv[1:]], logs / name)
+            cmd = run_cmd([*ctx.exe, argv[0], *common, *argv[1:]], logs / name, env=ctx.env)
         if cmd.rc != 0:
             raise RuntimeError(f"{name} failed ({cmd.rc}):\n{cmd.stderr[-3000:]}")
         return cmd, box
@@ -487,6 +519,7 @@ def _steps(
             out["uploaded_bytes"], out["new_bytes"], n_b, out["seconds"],
         )  # fmt: skip
         _report(result, step)
+        analyze()
         return step
 
     snapshot_step("first", "first snapshot")
@@ -502,7 +535,7 @@ def _steps(
         with werr.open("wb") as fe:
             proc = subprocess.Popen(
                 timed_argv(argv, wtime), stdout=subprocess.DEVNULL, stderr=fe,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, env=ctx.env,
             )  # fmt: skip
         hydrator_pid = child_of(proc.pid)
         _wait_for(lambda: len(_SNAP_LOG.findall(werr.read_text(errors="replace"))) >= 1, proc)
@@ -528,6 +561,7 @@ def _steps(
     )  # fmt: skip
     step.extra["snapshots_logged"] = len(snaps)
     _report(result, step)
+    analyze()
     last = "watch"
 
     if gen.big_file and max(spec.large, default=0) >= 16 * MiB:
@@ -705,6 +739,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " bench/README.md: with generic plans the chunk lookups of a never-analyzed chunks"
         " table degrade to O(rows × ids)",
     )
+    p.add_argument(
+        "--hydrator-path",
+        default="",
+        help="PYTHONPATH entries put first for the hydrator CLI only (another checkout's"
+        " hydrator/ and clients/python/: an A/B comparison against the same server)",
+    )
+    p.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="do not ANALYZE the schema between steps (see bench/README.md)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir")
     p.add_argument("--keep", action="store_true", help="keep the workspaces and logs")
     p.add_argument("--output", type=Path, default=None, help="JSON results path")
@@ -773,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- PostgreSQL {info['postgresql']} (fsync={pg['fsync']},"
         f" synchronous_commit={pg['synchronous_commit']}, autovacuum={pg['autovacuum']});"
         f" server connections: plan_cache_mode={args.pg_plan_cache_mode or 'default'};"
+        f" ANALYZE between steps: {'yes' if args.analyze else 'no'};"
         f" Python {info['python']}"
     )
     print("- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), flush=True)

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import Any, Protocol
 
 import grpc
@@ -113,6 +114,66 @@ def _finish(
     )
 
 
+class _RpcScope:
+    """One RPC's shared handling: authenticate and make the identity current
+    on entry; on exit map the error to a status and write the log line and
+    metrics. Used around unary and streaming handlers alike."""
+
+    def __init__(
+        self,
+        method: str,
+        metadata: Metadata,
+        auth: Authenticator,
+        metrics: ServerMetrics | None,
+        context: ServicerContext,
+    ) -> None:
+        self._method = method
+        self._metadata = metadata
+        self._auth = auth
+        self._metrics = metrics
+        self._context = context
+        self._code = grpc.StatusCode.OK
+
+    async def __aenter__(self) -> None:
+        self._started = time.monotonic()
+        self._fields, self._ftoken = begin_log_fields()
+        self._ident, err = await _enter(self._context, self._method, self._metadata, self._auth)
+        self._itoken = set_identity(self._ident)
+        if err is not None:
+            # __aexit__ does not run when __aenter__ raises: finish here.
+            self._code = err.code
+            self._close()
+            await self._context.abort(err.code, err.message)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            if exc is None:
+                return False
+            if isinstance(exc, asyncio.CancelledError):
+                self._code = grpc.StatusCode.CANCELLED
+                return False
+            if _is_abort(exc):
+                self._code = _context_code(self._context)
+                return False
+            if not isinstance(exc, SessiondError):
+                log.error("unhandled error in %s", self._method, exc_info=exc)
+            self._code, message = _status_of(exc)
+            await self._context.abort(self._code, message)
+            return False
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        _finish(self._method, self._code, self._started, self._ident, self._fields, self._metrics)
+        reset_identity(self._itoken)
+        end_log_fields(self._ftoken)
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler,
     method: str,
@@ -120,39 +181,18 @@ def _wrap(
     auth: Authenticator,
     metrics: ServerMetrics | None,
 ) -> grpc.RpcMethodHandler:
+    def scope(context: ServicerContext) -> _RpcScope:
+        return _RpcScope(method, metadata, auth, metrics, context)
+
     if handler.response_streaming:
         inner_stream: Callable[[Any, ServicerContext], AsyncIterator[Any]] = (
             handler.unary_stream or handler.stream_stream
         )
 
         async def streaming(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-            started = time.monotonic()
-            fields, ftoken = begin_log_fields()
-            ident, err = await _enter(context, method, metadata, auth)
-            itoken = set_identity(ident)
-            code = grpc.StatusCode.OK
-            try:
-                if err is not None:
-                    raise err
+            async with scope(context):
                 async for item in inner_stream(request, context):
                     yield item
-            except SessiondError as exc:
-                code, message = _status_of(exc)
-                await context.abort(code, message)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:
-                if _is_abort(exc):
-                    code = _context_code(context)
-                    raise
-                code, message = _status_of(exc)
-                log.exception("unhandled error in %s", method)
-                await context.abort(code, message)
-            finally:
-                _finish(method, code, started, ident, fields, metrics)
-                reset_identity(itoken)
-                end_log_fields(ftoken)
 
         factory = (
             grpc.unary_stream_rpc_method_handler
@@ -170,32 +210,8 @@ def _wrap(
     )
 
     async def unary(request: Any, context: ServicerContext) -> Any:
-        started = time.monotonic()
-        fields, ftoken = begin_log_fields()
-        ident, err = await _enter(context, method, metadata, auth)
-        itoken = set_identity(ident)
-        code = grpc.StatusCode.OK
-        try:
-            if err is not None:
-                raise err
+        async with scope(context):
             return await inner_unary(request, context)
-        except SessiondError as exc:
-            code, message = _status_of(exc)
-            await context.abort(code, message)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                code = _context_code(context)
-                raise
-            code, message = _status_of(exc)
-            log.exception("unhandled error in %s", method)
-            await context.abort(code, message)
-        finally:
-            _finish(method, code, started, ident, fields, metrics)
-            reset_identity(itoken)
-            end_log_fields(ftoken)
 
     factory = (
         grpc.unary_unary_rpc_method_handler
