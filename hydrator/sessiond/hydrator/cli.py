@@ -22,6 +22,7 @@ from sessiond.api.v1 import common_pb2
 from sessiond.client import AsyncClient
 from sessiond.client.errors import InvalidArgument, SessiondError
 
+from . import faults
 from .progress import Progress, make_progress
 from .projectkey import Background
 from .remote import WorkspaceRemote
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     async with AsyncClient(args.server, token=args.token, tls=args.tls, timeout=None) as client:
-        remote = WorkspaceRemote(client, args.session)
+        remote = faults.wrap(WorkspaceRemote(client, args.session))
         if args.command == "snapshot":
             return await _snapshot(remote, args, progress)
         if args.command == "restore":

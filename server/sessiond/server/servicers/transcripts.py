@@ -37,7 +37,7 @@ class TranscriptServicer(transcripts_pb2_grpc.TranscriptServiceServicer):
         ident = current_identity()
         key = _key(request.key)
         result = await self._t.append(ident.tenant_id, key, request.entries)
-        size = sum(len(e.encode()) for e in request.entries)
+        size = result.bytes
         log_field("entries", len(request.entries))
         log_field("duplicates", result.duplicates)
         log_field("bytes", size)

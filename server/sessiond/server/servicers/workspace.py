@@ -12,6 +12,7 @@ from sessiond.client.errors import InvalidArgument, PermissionDenied
 from .. import validation
 from ..core.packs import KINDS, ChunkSpec
 from ..core.workspace import Workspaces
+from ..faults import crash_point
 from ..identity import Identity, current_identity, log_field
 from ..metrics import ServerMetrics
 from .convert import message_to_dict, snapshot_to_pb
@@ -190,6 +191,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             stats=message_to_dict(request.stats),
             idempotency_key=request.idempotency_key,
         )
+        crash_point("after-commit-before-reply")
         log_field("snapshot", record.snapshot_id)
         self._metrics.observe_commit(record.stats)
         return snapshot_to_pb(record)

@@ -757,8 +757,7 @@ class QuotaTable(Protocol):
         count as stored — or failed). Never goes below zero."""
         ...
 
-    async def live_sessions(self, tenant_id: str) -> int:
-        ...
+    async def live_sessions(self, tenant_id: str) -> int: ...
 
 
 class MetadataStore(Protocol):

@@ -180,6 +180,14 @@ def _scrub(text: str, dsn: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's per-release RESET ALL / UNLISTEN / advisory unlock round
+    trip: sessiond keeps no session state on pooled connections (only
+    transaction-scoped locks and settings, and every transaction is closed
+    before release), so the reset buys nothing and costs a round trip per
+    call on the hot append path."""
+
+
 async def _create_pool(dsn: str, *, max_size: int, connect_timeout: float) -> asyncpg.Pool:
     where = postgres_target(dsn)
     settings = {} if "application_name" in dsn else {"application_name": "sessiond"}
@@ -190,6 +198,7 @@ async def _create_pool(dsn: str, *, max_size: int, connect_timeout: float) -> as
             max_size=max_size,
             timeout=connect_timeout,
             server_settings=settings,
+            reset=_no_reset,
         )
     except (ValueError, asyncpg.ClientConfigurationError) as exc:
         reason = _scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, dsn)

@@ -92,6 +92,8 @@ class TranscriptEntry:
     data: str
     parsed: dict[str, Any]
     uuid: str | None
+    # UTF-8 bytes of ``data``.
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class AppendResult:
     duplicates: int
     # Storage write time, epoch ms; 0 when nothing was written.
     mtime_ms: int
+    # UTF-8 bytes of the batch (set by the core, for logs and metrics).
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
