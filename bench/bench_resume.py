@@ -476,7 +476,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds between a suspend and the next resume (default 30)",
     )
-    p.add_argument("--quiet-cores", type=float, default=0.5, help="other load to wait out")
+    p.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.5,
+        help="before each round, wait until the box is under this many busy cores (default 0.5)",
+    )
     p.add_argument(
         "--quiet-wait", type=float, default=60.0, help="max seconds to wait for it (default 60)"
     )

@@ -41,7 +41,8 @@ class TracedProcess:
     first_seen: float
     gone: float | None = None  # first poll that found it exited (or a zombie)
     argv: list[str] = field(default_factory=list)
-    kind: str = "other"  # restore | run | snapshot | cli | server | other
+    # restore | restore-child | run | snapshot | cli | server | other
+    kind: str = "other"
     # (time, user + system CPU seconds), one entry per change of the CPU
     # time (tick resolution); a zombie's last entry is its total.
     cpu: list[tuple[float, float]] = field(default_factory=list)
@@ -153,8 +154,11 @@ class ProcessTracer:
                 if t - proc.first_seen < 2.0:
                     proc.argv = _argv(proc.pid) or proc.argv
                     proc.kind = classify(proc.argv)
+                    parent = self._procs.get(proc.ppid)
                     if proc.ppid == self._root and "sessiond.server" in proc.argv:
                         proc.kind = "server"
+                    elif proc.kind == "other" and parent and parent.kind == "restore":
+                        proc.kind = "restore-child"  # e.g. the SDK project-key child
             # Keep the live map small; history keeps everything.
             for pid in [p.pid for p in self._procs.values() if p.gone is not None]:
                 del self._procs[pid]
@@ -186,6 +190,7 @@ def resume_timeline(
     restore = next((p for p in procs if p.kind == "restore"), None)
     run = next((p for p in procs if p.kind == "run"), None)
     cli = next((p for p in procs if p.kind == "cli" and run and p.ppid == run.pid), None)
+    kids = [p for p in procs if p.kind == "restore-child" and restore and p.ppid == restore.pid]
     r_start, r_end = (restore.started, restore.gone) if restore else (None, None)
     run_start = run.started if run else None
     cli_start = cli.started if cli else None
@@ -195,7 +200,12 @@ def resume_timeline(
         "restore_end_to_runner_start": _span(r_end, run_start),
         "runner_start_to_cli_start": _span(run_start, cli_start),
         "cli_start_to_first_message": _span(cli_start, first_message),
+        "restore_children": _span(
+            min((k.started for k in kids), default=None),
+            max((k.gone or first_message for k in kids), default=None),
+        ),
         "cpu_restore": restore.cpu_at(float("inf")) if restore else None,
+        "cpu_restore_children": round(sum(k.cpu_at(float("inf")) for k in kids), 3),
         "cpu_server_call_to_restore_end": (
             round(server.cpu_at(r_end) - server.cpu_at(t0), 3) if server and r_end else None
         ),

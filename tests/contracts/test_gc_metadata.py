@@ -30,11 +30,8 @@ from tests.contracts.test_workspace_metadata import (  # noqa: F401 - fixtures
     T2,
     add,
     cid,
-    metadata_store,
     pack,
-    postgres_metadata_store,
     snap,
-    sqlite_metadata_store,
     store,
 )
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from sessiond.client.errors import InvalidArgument, NotFound
 from sessiond.server.storage.metadata import MetadataStore
-from sessiond.server.storage.metadata_url import open_metadata_store
 from tests.helpers import assert_eventually
 
 T1 = "tenant-1"
@@ -27,30 +24,6 @@ DAY = 24 * 3600.0
 
 def h(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
-
-
-@pytest.fixture
-async def sqlite_metadata_store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(f"sqlite:///{tmp_path}/meta.db")
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture
-async def postgres_metadata_store(postgres_url: str) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(postgres_url, pool_max_size=12)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def metadata_store(request: pytest.FixtureRequest) -> MetadataStore:
-    store: MetadataStore = request.getfixturevalue(f"{request.param}_metadata_store")
-    return store
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +28,6 @@ from sessiond.client.errors import (
     NotFound,
 )
 from sessiond.server.storage.metadata import MetadataStore
-from sessiond.server.storage.metadata_url import open_metadata_store
 from sessiond.server.storage.records import (
     NewSession,
     SessionChanges,
@@ -49,30 +46,6 @@ LONG = 60.0  # a ttl no test outlives
 SHORT = 0.2  # a ttl a test waits out
 
 St = SessionState
-
-
-@pytest.fixture
-async def sqlite_metadata_store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(f"sqlite:///{tmp_path}/meta.db")
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture
-async def postgres_metadata_store(postgres_url: str) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(postgres_url, pool_max_size=12)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def metadata_store(request: pytest.FixtureRequest) -> MetadataStore:
-    store: MetadataStore = request.getfixturevalue(f"{request.param}_metadata_store")
-    return store
 
 
 @pytest.fixture

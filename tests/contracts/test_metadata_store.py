@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +37,6 @@ from sessiond.client.errors import (
     Unavailable,
 )
 from sessiond.server.storage.metadata import MetadataStore, TranscriptTable
-from sessiond.server.storage.metadata_url import open_metadata_store
 from sessiond.server.storage.records import (
     NewSession,
     SessionRecord,
@@ -53,30 +50,6 @@ T2 = "tenant-2"
 KEY = TranscriptKey("proj", "sess")
 SUB1 = TranscriptKey("proj", "sess", "subagents/agent-1")
 SUB2 = TranscriptKey("proj", "sess", "subagents/agent-2")
-
-
-@pytest.fixture
-async def sqlite_metadata_store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(f"sqlite:///{tmp_path}/meta.db")
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture
-async def postgres_metadata_store(postgres_url: str) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(postgres_url, pool_max_size=10)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def metadata_store(request: pytest.FixtureRequest) -> MetadataStore:
-    store: MetadataStore = request.getfixturevalue(f"{request.param}_metadata_store")
-    return store
 
 
 @pytest.fixture

@@ -17,9 +17,6 @@ from tests.contracts.test_workspace_metadata import (  # noqa: F401 - fixtures
     T2,
     add,
     cid,
-    metadata_store,
-    postgres_metadata_store,
-    sqlite_metadata_store,
     store,
 )
 

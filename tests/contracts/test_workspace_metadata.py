@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,6 @@ from sessiond.client.errors import (
     NotFound,
 )
 from sessiond.server.storage.metadata import MetadataStore
-from sessiond.server.storage.metadata_url import open_metadata_store
 from sessiond.server.storage.records import (
     ChunkLocation,
     ManifestRecord,
@@ -43,30 +41,6 @@ S1 = "sess-1"
 S2 = "sess-2"
 M1 = "man-1"
 M2 = "man-2"
-
-
-@pytest.fixture
-async def sqlite_metadata_store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(f"sqlite:///{tmp_path}/meta.db")
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture
-async def postgres_metadata_store(postgres_url: str) -> AsyncIterator[MetadataStore]:
-    store = await open_metadata_store(postgres_url, pool_max_size=12)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def metadata_store(request: pytest.FixtureRequest) -> MetadataStore:
-    store: MetadataStore = request.getfixturevalue(f"{request.param}_metadata_store")
-    return store
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from sessiond.api.v1 import format_pb2, workspace_pb2
 from sessiond.client import workspace_format as wf
 from sessiond.client.errors import DataLoss, InvalidArgument, ResourceExhausted, SessiondError
 from sessiond.hydrator import materialize as materialize_mod
+from sessiond.hydrator import restore as restore_mod
 from sessiond.hydrator.restore import restore
 from tests.hydrator.restore_helpers import (
     FakeRemote,
@@ -241,6 +242,26 @@ async def test_garbage_frames_and_lying_lengths_are_data_loss(box: Path) -> None
     for broken in [(b"not zstd at all", raw), (frame, raw - 1), (frame[:-3], raw)]:
         s.chunks[f.chunk_ids[0]] = broken
         await expect_failure(box, s, s.tree([f]), DataLoss, staged=True)
+
+
+async def test_chunks_far_larger_than_their_files_are_refused_while_fetching(
+    box: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny files naming one large chunk each: the plan puts thousands in one
+    # request; the source stops holding frames at its ceiling.
+    s = MemoryStore()
+    files = [
+        node(f"f{i:03}".encode(), size=1, chunk_ids=[s.put(os.urandom(200_000))], mode=0o644)
+        for i in range(50)
+    ]
+    monkeypatch.setattr(restore_mod, "FETCH_MAX_BYTES", 1 << 20)
+    await expect_failure(box, s, s.tree(files), ResourceExhausted, staged=True)
+
+
+async def test_a_frame_announcing_another_size_is_data_loss_before_inflating() -> None:
+    frame = wf.compress(b"x" * 1000)
+    with pytest.raises(DataLoss, match="announces 1000 bytes"):
+        wf.decompress(frame, 10)
 
 
 async def test_a_corrupted_tree_is_data_loss(box: Path) -> None:

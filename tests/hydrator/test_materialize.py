@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sessiond.api.v1 import format_pb2, workspace_pb2
 from sessiond.client import workspace_format as wf
 from sessiond.hydrator.materialize import (
+    BATCH_WORST_BYTES,
     MAX_IDS_PER_REQUEST,
     Limits,
     MaterializeResult,
@@ -110,6 +111,24 @@ def test_batches_cover_every_use_in_walk_order() -> None:
     batches = list(plan_batches(ts, 16))
     assert sum(uses for _, uses in batches) == sum(len(n.chunk_ids) for n in ts.trees[root])
     assert all(0 < len(ids) <= 16 for ids, _ in batches)
+
+
+def test_small_files_travel_by_thousands_large_chunks_by_worst_case_bytes() -> None:
+    s = MemoryStore()
+    small = [s.file(f"s{i:05}".encode(), f"small {i}".encode()) for i in range(3000)]
+    big = s.file(b"zz-big", os.urandom(24 << 20), chunk_size=1 << 20)
+    root = s.tree([*small, big])
+    ts = asyncio.run(load_trees(s.source, s.key, root, Limits()))
+    batches = list(plan_batches(ts, MAX_IDS_PER_REQUEST, max_chunk_bytes=8 << 20))
+    # A one-chunk file's chunk is exactly its size: all 3000 in one request.
+    assert set(batches[0][0]) >= {n.chunk_ids[0] for n in small}
+    # A chunk of a multi-chunk file may be as large as max_chunk_bytes: no
+    # request asks for more than BATCH_WORST_BYTES of those, whatever the
+    # (1 MiB) estimate says.
+    big_ids = set(big.chunk_ids)
+    per_request = [len(big_ids.intersection(ids)) for ids, _ in batches]
+    assert max(per_request) == BATCH_WORST_BYTES // (8 << 20)
+    assert sum(uses for _, uses in batches) == 3000 + len(big.chunk_ids)
 
 
 def test_remove_tree_empties_read_only_dirs_without_following_links(tmp_path: Path) -> None:

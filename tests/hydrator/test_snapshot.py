@@ -11,6 +11,7 @@ import pytest
 from sessiond.api.v1 import common_pb2
 from sessiond.client import workspace_format as wf
 from sessiond.client.errors import Aborted, FailedPrecondition
+from sessiond.hydrator import snapshot as snapshot_mod
 from sessiond.hydrator import trees
 from sessiond.hydrator.snapshot import SnapshotState, snapshot
 from sessiond.hydrator.upload import DATA, TREE
@@ -196,6 +197,27 @@ async def test_dedup_within_a_snapshot(tmp_path: Path) -> None:
         snap = await snapshot(env.remote, ws)
     assert len(env.remote.packed(DATA)) == 1
     assert snap.stats.bytes == 5 * len(blob) and snap.stats.new_bytes < 2 * len(blob)
+
+
+async def test_trees_are_packed_apart_from_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trees go into packs of their own or after every data chunk of the
+    last pack: a restore reads them level by level with few ranged GETs."""
+    monkeypatch.setattr(snapshot_mod, "PACK_BYTES", 64 << 10)
+    ws = tmp_path / "ws"
+    for d in range(12):
+        (ws / f"d{d}").mkdir(parents=True)
+        for f in range(4):
+            (ws / f"d{d}" / f"f{f}").write_bytes(os.urandom(5000))
+    async with workspace_env(tmp_path) as env:
+        await snapshot(env.remote, ws)
+    packs = [[c.kind for c in chunks] for name, chunks in env.remote.calls if name == "put_pack"]
+    assert len(packs) > 2
+    assert sum(kinds.count(TREE) for kinds in packs) == 13
+    for kinds in packs:
+        first_tree = kinds.index(TREE) if TREE in kinds else len(kinds)
+        assert all(k == TREE for k in kinds[first_tree:]), kinds
 
 
 async def test_mid_file_edit_of_a_large_file_uploads_little(tmp_path: Path) -> None:

@@ -424,15 +424,15 @@ class _Writer:
     def _file(self, dfd: int, rel: bytes, node: format_pb2.Node) -> None:
         # (Finishing small files on a thread pool was measured: slower, the
         # GIL hand-offs cost more than the overlapped syscalls save.)
+        # Fields are read once: every access of a bytes field is a copy.
         res = self.result
+        name, size, chunk_ids = node.name, node.size, node.chunk_ids
         mode = node.mode & wf.MODE_MASK
         # Created with its final mode when the umask keeps it (the fd is
         # writable whatever the mode), saving an fchmod per file.
         direct = mode & self._umask == 0
-        fd = os.open(node.name, _FILE_FLAGS, mode if direct else 0o600, dir_fd=dfd)
-        chunk_ids = node.chunk_ids
+        fd = os.open(name, _FILE_FLAGS, mode if direct else 0o600, dir_fd=dfd)
         if len(chunk_ids) == 1:
-            size = node.size
             try:
                 data = self.feed.take(chunk_ids[0], min(size, self.limits.max_chunk_bytes))
             except BaseException:
@@ -444,9 +444,10 @@ class _Writer:
             chunks: Iterable[bytes] = (data,)
         else:
             chunks = self._chunks(node)
-        self._finish(fd, rel, node, chunks, chmod=not direct)
+        st = self._finish(fd, size, node.mtime_ns, None if direct else mode, chunks)
+        res.records.append((rel + name, st, tuple(chunk_ids)))
         res.files += 1
-        res.total_bytes += node.size
+        res.total_bytes += size
         if self.progress is not None and res.total_bytes - self._reported >= _PROGRESS_STEP:
             self._reported = res.total_bytes
             self.loop.call_soon_threadsafe(self.progress, res.total_bytes, self.ts.total_bytes)
@@ -462,16 +463,12 @@ class _Writer:
         if written != node.size:
             raise _size_mismatch(node, written)
 
+    @staticmethod
     def _finish(
-        self,
-        fd: int,
-        rel: bytes,
-        node: format_pb2.Node,
-        chunks: Iterable[bytes],
-        *,
-        chmod: bool = True,
-    ) -> None:
-        """Write ``chunks`` into ``fd``, set mode and mtime, record, close."""
+        fd: int, size: int, mtime_ns: int, chmod: int | None, chunks: Iterable[bytes]
+    ) -> os.stat_result:
+        """Write ``chunks`` into ``fd``, set the mode (``chmod``, if not set
+        at creation) and mtime, close; the stat after the mtime was set."""
         try:
             hole = False
             for data in chunks:
@@ -486,14 +483,13 @@ class _Writer:
                     while view:
                         view = view[os.write(fd, view) :]
             if hole:
-                os.ftruncate(fd, node.size)  # a trailing hole has no size until then
-            if chmod and node.mode & wf.MODE_MASK != 0o600:
-                os.fchmod(fd, node.mode & wf.MODE_MASK)
-            os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
-            st = os.fstat(fd)
+                os.ftruncate(fd, size)  # a trailing hole has no size until then
+            if chmod is not None and chmod != 0o600:
+                os.fchmod(fd, chmod)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            return os.fstat(fd)
         finally:
             os.close(fd)
-        self.result.records.append((rel + node.name, st, tuple(node.chunk_ids)))
 
     def _symlink(self, dfd: int, node: format_pb2.Node) -> None:
         os.symlink(node.link_target, node.name, dir_fd=dfd)

@@ -30,8 +30,10 @@ import sys
 from pathlib import Path
 
 MEMO_FILE = "project_key.json"
+# At background priority: the parent has real work for every core.
 _CHILD = (
-    "import sys\n"
+    "import os, sys\n"
+    "os.nice(10)\n"
     "from claude_agent_sdk import project_key_for_directory\n"
     "sys.stdout.write(project_key_for_directory(sys.argv[1]))\n"
 )

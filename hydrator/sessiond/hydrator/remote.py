@@ -55,15 +55,10 @@ class WorkspaceRemote:
         return set(resp.missing)
 
     async def put_pack(self, chunks: Sequence[PendingChunk]) -> workspace_pb2.PutPackResponse:
-        header = workspace_pb2.PackHeader(
-            session_id=self.session_id,
-            chunks=[
-                workspace_pb2.PackChunk(
-                    chunk_id=c.chunk_id, kind=c.kind, length=len(c.frame), raw_length=c.raw_length
-                )
-                for c in chunks
-            ],
-        )
+        header = workspace_pb2.PackHeader(session_id=self.session_id)
+        add = header.chunks.add  # (twice as fast as building PackChunks apart)
+        for c in chunks:
+            add(chunk_id=c.chunk_id, kind=c.kind, length=len(c.frame), raw_length=c.raw_length)
 
         async def requests() -> AsyncIterator[workspace_pb2.PutPackRequest]:
             yield workspace_pb2.PutPackRequest(header=header)

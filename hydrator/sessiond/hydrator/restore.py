@@ -116,23 +116,29 @@ def load_state(state_dir: Path) -> dict[str, Any] | None:
 FETCH_MAX_BYTES = 256 << 20
 
 
-def remote_source(remote: WorkspaceRemote, max_bytes: int = FETCH_MAX_BYTES) -> ChunkSource:
+def remote_source(remote: WorkspaceRemote, max_bytes: int | None = None) -> ChunkSource:
     """GetChunks as a :data:`ChunkSource`; frames come back unverified (the
-    materializer verifies each against its id before use)."""
+    materializer verifies each against its id before use). One request's
+    frames may hold at most ``max_bytes`` (default ``FETCH_MAX_BYTES``):
+    ``ResourceExhausted`` beyond."""
 
     async def fetch(ids: Sequence[bytes]) -> list[RawChunk]:
         out: list[RawChunk] = []
         held = 0
+        ceiling = FETCH_MAX_BYTES if max_bytes is None else max_bytes
+        n = len(ids)
         async for chunk in remote.get_chunks(ids):
-            if len(out) >= len(ids) or chunk.chunk_id != ids[len(out)]:
+            i = len(out)
+            if i >= n or chunk.chunk_id != ids[i]:
                 raise DataLoss("GetChunks answered out of order")
-            held += len(chunk.data)
-            if held > max_bytes:
+            data = chunk.data  # (each access of a bytes field makes a copy)
+            held += len(data)
+            if held > ceiling:
                 raise ResourceExhausted(
-                    f"{len(ids)} chunks hold more than {max_bytes} bytes: the snapshot's"
+                    f"{n} chunks hold more than {ceiling} bytes: the snapshot's"
                     " trees understate its chunks"
                 )
-            out.append((chunk.data, chunk.raw_length))
+            out.append((data, chunk.raw_length))
         if len(out) != len(ids):
             raise DataLoss(f"GetChunks returned {len(out)} of {len(ids)} chunks")
         return out

@@ -42,7 +42,9 @@ from .remote import PendingChunk, WorkspaceRemote
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 8 << 20
-PACK_BYTES = 16 << 20
+# Two 8 MiB packs in flight keep the server as busy as one of 16 MiB never
+# did, for the same server memory (it holds a few copies of each pack).
+PACK_BYTES = 8 << 20
 MAX_BUFFERED_BYTES = 64 << 20
 MAX_BATCHES_IN_FLIGHT = 2
 PACKS_IN_FLIGHT = 2
@@ -180,12 +182,18 @@ class Uploader:
         try:
             async with self._slots:
                 missing = await self._remote.missing([item[0] for item in batch])
-                todo = [item for item in batch if item[0] in missing]
-                self._release(sum(len(d) for c, _, d in batch if c not in missing))
+                todo: list[_Item] = []
+                raw = dropped = 0
+                for item in batch:
+                    if item[0] in missing:
+                        todo.append(item)
+                        raw += len(item[2])
+                    else:
+                        dropped += len(item[2])
+                self._release(dropped)
                 if not todo:
                     return
                 frames = await self._loop.run_in_executor(self._pool, _compress_all, todo)
-            raw = sum(len(item[2]) for item in todo)
             framed = sum(len(f.frame) for f in frames)
             with self._cond:  # plaintext gone, frames held until their pack is sent
                 self._buffered += framed - raw

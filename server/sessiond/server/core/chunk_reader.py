@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 # when the gap is at most this many bytes.
 COALESCE_GAP = 256 << 10
 PARALLEL_READS = 8
-WINDOW_BYTES = 16 << 20
+# Per request in flight the server holds about two windows (the one being
+# answered and the next being read) plus their unsealed copies.
+WINDOW_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,45 +41,41 @@ class ChunkReader:
 
     async def read(self, locations: Sequence[ChunkLocation]) -> list[StoredChunk]:
         """The stored frames of ``locations``, in the same order."""
+        # Per-chunk work is kept to list lookups and one slice: a restore of
+        # small files passes tens of thousands of chunks through here.
+        offsets = [loc.offset for loc in locations]
+        ends = [loc.offset + loc.length for loc in locations]
         by_pack: dict[str, list[int]] = {}
         for i, loc in enumerate(locations):
             by_pack.setdefault(loc.blob_key, []).append(i)
-        frames: list[bytes | None] = [None] * len(locations)
+        frames: list[bytes] = [b""] * len(locations)
 
-        async def read_span(key: str, idxs: list[int]) -> None:
-            start = locations[idxs[0]].offset
-            end = max(locations[i].offset + locations[i].length for i in idxs)
+        async def read_span(key: str, idxs: list[int], start: int, end: int) -> None:
             async with self._sem:
                 try:
                     data = await self._blobs.get_range(key, start, end - start)
                 except NotFound:
                     raise DataLoss(f"pack {key.rsplit('/', 1)[-1]} is missing") from None
             for i in idxs:
-                loc = locations[i]
-                frames[i] = data[loc.offset - start : loc.offset - start + loc.length]
+                frames[i] = data[offsets[i] - start : ends[i] - start]
 
-        spans: list[tuple[str, list[int]]] = []
+        spans: list[tuple[str, list[int], int, int]] = []
         for key, idxs in by_pack.items():
-            idxs.sort(key=lambda i: locations[i].offset)
-            current = [idxs[0]]
-            end = locations[idxs[0]].offset + locations[idxs[0]].length
+            idxs.sort(key=offsets.__getitem__)
+            first = idxs[0]
+            current, start, end = [first], offsets[first], ends[first]
             for i in idxs[1:]:
-                loc = locations[i]
-                if loc.offset - end <= COALESCE_GAP:
+                if offsets[i] - end <= COALESCE_GAP:
                     current.append(i)
-                    end = max(end, loc.offset + loc.length)
+                    if ends[i] > end:
+                        end = ends[i]
                 else:
-                    spans.append((key, current))
-                    current = [i]
-                    end = loc.offset + loc.length
-            spans.append((key, current))
-        await asyncio.gather(*(read_span(k, idxs) for k, idxs in spans))
+                    spans.append((key, current, start, end))
+                    current, start, end = [i], offsets[i], ends[i]
+            spans.append((key, current, start, end))
+        await asyncio.gather(*(read_span(*span) for span in spans))
         log.debug("read %d chunks with %d ranged GETs", len(locations), len(spans))
-        out: list[StoredChunk] = []
-        for loc, frame in zip(locations, frames, strict=True):
-            assert frame is not None
-            out.append(StoredChunk(location=loc, frame=frame))
-        return out
+        return [StoredChunk(loc, frame) for loc, frame in zip(locations, frames, strict=True)]
 
     async def read_windows(
         self, locations: Sequence[ChunkLocation], window_bytes: int = WINDOW_BYTES

@@ -20,6 +20,8 @@ Errors are translated here, once (``raise … from exc``)::
     NoSuchBucket                          → Unavailable (server misconfiguration)
     connection errors, timeouts, 5xx,
     SlowDown (after botocore's retries)   → Unavailable
+    a body cut short or reset mid-read
+    (after ``max_attempts`` reads)        → Unavailable
 
 Credentials never appear in messages or logs: messages name the endpoint,
 bucket and key, and the S3 error code and message.
@@ -46,8 +48,11 @@ from botocore.exceptions import (
     CredentialRetrievalError,
     FlexibleChecksumError,
     HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -69,6 +74,9 @@ T = TypeVar("T")
 S3Client = Any
 
 PART_SIZE = 8 << 20
+# Failures while reading a response body: botocore's retries end when the
+# headers arrive, so a GET whose body breaks off is retried here.
+_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError)
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _DIGEST = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 _CREDENTIALS = frozenset(
@@ -152,6 +160,7 @@ class S3BlobStore:
         self._part_size = part_size
         self._upload_concurrency = max(1, upload_concurrency)
         self._page_size = list_page_size
+        self._max_attempts = max(1, max_attempts)
         self._config = Config(
             region_name=region,
             signature_version="s3v4",
@@ -367,21 +376,44 @@ class S3BlobStore:
 
     # -- reading ----------------------------------------------------------
 
+    def _read(self, get: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+        """``get()``'s response and its whole body, read through botocore's
+        ``StreamingBody`` (``with body`` would hand out the raw urllib3
+        stream: no checksum check, no length check, urllib3's own errors).
+        A body that breaks off is fetched again, ``max_attempts`` tries in all."""
+        for attempt in range(1, self._max_attempts + 1):
+            resp = get()
+            body = resp["Body"]
+            try:
+                return resp, bytes(body.read())
+            except _BODY_ERRORS as exc:
+                if attempt == self._max_attempts:
+                    raise
+                log.info("S3 response body broke off (%s); reading again", type(exc).__name__)
+            finally:
+                body.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _get_sync(self, client: S3Client, key: str) -> bytes:
-        resp = client.get_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
-        with resp["Body"] as body:
-            return bytes(body.read())
+        _, data = self._read(
+            lambda: client.get_object(
+                Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+            )
+        )
+        return data
 
     async def get(self, key: str) -> bytes:
         validate_key(key)
         return await self._call(self._get_sync, key, key=key, op="get")
 
     def _range_sync(self, client: S3Client, key: str, offset: int, length: int) -> bytes:
-        resp = client.get_object(
-            Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
+        resp, data = self._read(
+            lambda: client.get_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
         )
-        with resp["Body"] as body:
-            data = bytes(body.read())
         if "ContentRange" not in resp:  # a server that ignored Range sent it all
             data = data[offset : offset + length]
         return data
