@@ -22,6 +22,7 @@ The tables themselves live in :mod:`.sqlite_tables` and :mod:`.sqlite_workspace`
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import secrets
 import sqlite3
@@ -147,8 +148,22 @@ class SqliteDb:
             raise FailedPrecondition(
                 f"SQLite {sqlite3.sqlite_version} is too old; sessiond needs 3.37 or newer"
             )
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path == ":memory:":
+            self._conn = self._connect()
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Switching to WAL and migrating need the database to themselves, and
+        # SQLite does not wait on its busy handler for a journal-mode change:
+        # concurrent openers (replicas, CLI admin commands) queue on a sidecar
+        # file lock instead of failing with "database is locked".
+        with open(f"{self.path}.open-lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                self._conn = self._connect()
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: the module never opens transactions behind our
         # back; each transaction function says BEGIN/COMMIT itself.
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -162,7 +177,7 @@ class SqliteDb:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
 
     async def close(self) -> None:
         def _close() -> None:
