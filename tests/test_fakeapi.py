@@ -40,7 +40,6 @@ from tests.fakeapi import (
 from tests.fakeapi.layout import file_history_dir, transcript_path
 from tests.fakeapi.turns import run_turn
 
-
 JSON = dict[str, Any]
 TOOLS = [{"name": "Write", "input_schema": {"type": "object"}}]
 

@@ -194,4 +194,3 @@ def _wait_for_prompt(api: FakeMessagesAPI, prompt: str, timeout: float = 120) ->
             return
         time.sleep(0.05)
     raise AssertionError(f"the fake API never saw {prompt!r}")
-

@@ -126,20 +126,41 @@ async def check_clean(server: RunningServer) -> CheckReport:
     return report
 
 
-async def check_cli(database_url: str, blob_url: str, master_key: str) -> dict[str, Any]:
-    """``sessiond check --read-data --json`` on the stores; asserts it exits
-    0 (no damage) and returns the report."""
+async def run_check_cli(
+    database_url: str,
+    blob_url: str,
+    *,
+    master_key: str = "",
+    master_key_file: Path | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """``sessiond check --read-data --json`` on the stores: (exit code, report)."""
+    args = ["--master-key-file", str(master_key_file)] if master_key_file else []
+    env = clean_env(SESSIOND_MASTER_KEY=master_key) if master_key else clean_env()
     result = await run_process(
         sessiond_cmd(
             "check", "--read-data", "--json", "--database-url", database_url,
-            "--blob-url", blob_url,
+            "--blob-url", blob_url, *args,
         ),
-        clean_env(SESSIOND_MASTER_KEY=master_key),
+        env,
     )  # fmt: skip
-    assert result.code == 0, (result.out, result.err)
+    assert result.code in (0, 1), (result.code, result.out, result.err)
     report = json.loads(result.out)
-    assert report["ok"] and report["damage"] == [], report
     assert isinstance(report, dict)
+    return result.code, report
+
+
+async def check_cli(
+    database_url: str,
+    blob_url: str,
+    master_key: str = "",
+    *,
+    master_key_file: Path | None = None,
+) -> dict[str, Any]:
+    """:func:`run_check_cli`, asserting no damage (exit 0); the report."""
+    code, report = await run_check_cli(
+        database_url, blob_url, master_key=master_key, master_key_file=master_key_file
+    )
+    assert code == 0 and report["ok"] and report["damage"] == [], report
     return report
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.compat import HTTPHeaders
 from botocore.exceptions import ReadTimeoutError
 from botocore.httpsession import URLLib3Session
 from urllib3.exceptions import ProtocolError
@@ -44,6 +45,13 @@ def big_ranged_read(request: AWSPreparedRequest, at_least: int = 1 << 20) -> boo
     text = value.decode() if isinstance(value, bytes) else str(value)
     m = re.fullmatch(r"bytes=(\d+)-(\d+)", text)
     return m is not None and int(m.group(2)) - int(m.group(1)) + 1 >= at_least
+
+
+def _headers(items: Any) -> HTTPHeaders:
+    headers = HTTPHeaders()
+    for k, v in dict(items).items():
+        headers[k] = v
+    return headers
 
 
 class _Body:
@@ -88,9 +96,10 @@ class _ResetBody:
 
 @dataclass
 class Fault:
-    """Injects into the first ``times`` requests that ``match`` (``times``
-    None: all of them). ``seen`` counts matching attempts, ``injected``
-    those that were faulted."""
+    """Injects into the first ``times`` attempts of every request that
+    ``match``es (``times`` None: into every attempt). ``seen`` counts the
+    matching attempts, ``injected`` those that were faulted, ``tries`` the
+    attempts per request."""
 
     match: Match
     times: int | None = None
@@ -109,8 +118,9 @@ class Fault:
             return False
         with self._lock:
             self.seen += 1
-            self.tries[(request.method, request.url, str(request.headers.get("Range", "")))] += 1
-            if self.times is not None and self.injected >= self.times:
+            key = (request.method, request.url, str(request.headers.get("Range", "")))
+            self.tries[key] += 1
+            if self.times is not None and self.tries[key] > self.times:
                 return False
             self.injected += 1
             return True
@@ -127,7 +137,9 @@ class SlowDown(Fault):
     def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse | None:
         if not self._claim(request):
             return None
-        headers = {"Content-Type": "application/xml", "Content-Length": str(len(SLOW_DOWN))}
+        headers = _headers(
+            {"Content-Type": "application/xml", "Content-Length": str(len(SLOW_DOWN))}
+        )
         return AWSResponse(request.url, 503, headers, _Body(SLOW_DOWN))
 
 
@@ -153,7 +165,9 @@ class ResetMidBody(Fault):
         request.stream_output = True
         real = self.send(request)
         assert real.status_code in (200, 206), real.status_code
-        return AWSResponse(request.url, real.status_code, real.headers, _ResetBody(real.raw))
+        return AWSResponse(
+            request.url, real.status_code, _headers(real.headers), _ResetBody(real.raw)
+        )
 
 
 class DamagedInTransit(Fault):
@@ -169,7 +183,7 @@ class DamagedInTransit(Fault):
         headers = dict(real.headers)
         headers["x-amz-checksum-sha256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
         damaged = bytes([data[0] ^ 0xFF]) + data[1:]
-        return AWSResponse(request.url, real.status_code, headers, _Body(damaged))
+        return AWSResponse(request.url, real.status_code, _headers(headers), _Body(damaged))
 
 
 class Hook(Fault):

@@ -17,9 +17,10 @@ from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 from sessiond.client.errors import Aborted
 from sessiond.hydrator import trees
 from sessiond.hydrator.materialize import BATCH_BYTES
-from sessiond.hydrator.restore import STATE_FILE, load_state, restore
+from sessiond.hydrator.restore import restore
 from sessiond.hydrator.snapshot import SnapshotState, snapshot
 from sessiond.hydrator.statcache import StatCache
+from sessiond.hydrator.statefile import STATE_FILE, load_state
 from tests.fakeapi import FakeMessagesAPI, cli_env, text, tool_use
 from tests.fakeapi.turns import run_turn
 from tests.hydrator.restore_helpers import FakeRemote, MemoryStore, manifest_for

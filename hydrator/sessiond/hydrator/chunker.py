@@ -2,8 +2,8 @@
 
 Files under ``small_file`` bytes are one chunk. Larger files are cut with
 FastCDC (min 256 KiB, avg 1 MiB, max 4 MiB by default) while streaming
-through a fixed 16 MiB buffer, so a 1 GB file never sits in memory and a
-file truncated under us cannot SIGBUS the process the way an mmap would.
+through a fixed 8 MiB buffer per reader, so a 1 GB file never sits in memory
+and a file truncated under us cannot SIGBUS the process the way an mmap would.
 
 Why these sizes: an insert in the middle of a file changes only the chunk it
 lands in (boundaries re-synchronise within one chunk), so a mid-file edit
@@ -39,7 +39,7 @@ SMALL_FILE_BYTES = 1 << 20
 MIN_CHUNK_BYTES = 256 << 10
 AVG_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 4 << 20
-READ_BUFFER_BYTES = 16 << 20
+READ_BUFFER_BYTES = 8 << 20
 
 # (chunk_id, plaintext) for every chunk cut; may block (back-pressure).
 ChunkSink = Callable[[bytes, bytes], None]
@@ -195,5 +195,5 @@ def _chunk_stream(
         if eof and start >= filled:
             return ids, total
         rest = filled - start
-        buf[:rest] = bytes(mv[start:filled])
+        mv[:rest] = mv[start:filled]  # (memoryview assignment is a memmove)
         filled = rest

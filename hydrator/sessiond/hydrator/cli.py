@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sdk-session-id", required=True, help="the SDK session id")
     run.add_argument("--resume", action="store_true", help="resume the SDK session")
     run.add_argument("--options", default="{}", help="agent options as a JSON object")
+    run.add_argument(
+        "--prompt-file",
+        type=Path,
+        default=None,
+        help='wait for the prompt in this file ({"prompt": …}) instead of reading stdin',
+    )
     w = sub.add_parser("watch", parents=[common], help="snapshot periodically until SIGTERM")
     w.add_argument("--interval", type=float, default=60.0, help="seconds between snapshots")
     w.add_argument("--no-inotify", action="store_true", help="walk the whole tree every time")
@@ -223,7 +229,7 @@ async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: 
 
 
 async def _run_turn(args: argparse.Namespace) -> int:
-    from .runner import run_turn
+    from .runner import run_turn, wait_for_prompt
 
     try:
         options = json.loads(args.options)
@@ -231,7 +237,14 @@ async def _run_turn(args: argparse.Namespace) -> int:
         _fail("--options must be a JSON object", EXIT_USAGE)
     if not isinstance(options, dict):
         _fail("--options must be a JSON object", EXIT_USAGE)
-    prompt = await asyncio.to_thread(sys.stdin.read)
+    # Import the SDK before waiting for the prompt: a managed server starts
+    # this process while it restores the workspace, to overlap the two.
+    import claude_agent_sdk  # noqa: F401
+
+    if args.prompt_file is not None:
+        prompt = await asyncio.to_thread(wait_for_prompt, args.prompt_file)
+    else:
+        prompt = await asyncio.to_thread(sys.stdin.read)
     ok = await run_turn(
         server=args.server,
         token=args.token,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -55,12 +54,12 @@ from .placement import PlacementReport, default_config_dir, place_config
 from .projectkey import Background
 from .remote import WorkspaceRemote
 from .statcache import StatCache, key_fingerprint
+from .statefile import save_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_DIR_NAME = ".sessiond"
-STATE_FILE = "state.json"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -80,30 +79,6 @@ class RestoreReport:
     config: PlacementReport | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# -- state ---------------------------------------------------------------------
-
-
-def save_state(state_dir: Path, **state: Any) -> None:
-    """Write ``state.json`` atomically (temp file, fsync, rename)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{STATE_FILE}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, **state}, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_dir / STATE_FILE)
-
-
-def load_state(state_dir: Path) -> dict[str, Any] | None:
-    """The persisted state (session_id, snapshot_id, lease_epoch, …) or None."""
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # -- the chunk source ----------------------------------------------------------

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,3 +92,22 @@ async def run_turn(
     finally:
         await store.close()
     return ok
+
+
+def wait_for_prompt(path: Path, *, wait_seconds: float = 900.0, poll: float = 0.01) -> str:
+    """The prompt the server writes to ``path`` as ``{"prompt": …}``. A file
+    that does not parse yet is still being written: wait. The file is removed
+    once read. ``TimeoutError`` if it never comes. (Blocking: the caller
+    runs it in a thread while the SDK import finishes.)"""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            data = json.loads(path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("prompt"), str):
+            path.unlink(missing_ok=True)
+            return str(data["prompt"])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no prompt arrived in {path}")
+        time.sleep(poll)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import json
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from sessiond.client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     Unavailable,
 )
 
@@ -45,6 +45,7 @@ from .configstate import CACHE_FILE_NAME, ConfigCollector, ConfigState, project_
 from .progress import Progress
 from .remote import WorkspaceRemote
 from .statcache import StatCache, key_fingerprint
+from .statefile import load_state, save_state
 from .trees import BuildResult, TreeBuilder
 from .upload import PACK_BYTES, Uploader, UploadStats
 from .walk import Entry, Excludes, Limits, WalkReport
@@ -52,7 +53,6 @@ from .walk import Entry, Excludes, Limits, WalkReport
 log = logging.getLogger(__name__)
 
 STATE_DIR_NAME = ".sessiond"
-STATE_FILE = "state.json"
 READERS = 2
 COMPRESSORS = 2
 _COMMIT_RETRIES = 3
@@ -87,31 +87,59 @@ async def lease_epoch(remote: WorkspaceRemote, state_dir: Path) -> int:
     """The fencing epoch this workspace holds: the one a restore (or an
     earlier snapshot) of this session recorded in ``<state_dir>/state.json``,
     else a newly acquired one, recorded there for the next snapshot."""
-    state = await asyncio.to_thread(_read_state, state_dir)
+    state = await asyncio.to_thread(lambda: load_state(state_dir) or {})
     epoch = state.get("lease_epoch")
     if state.get("session_id") == remote.session_id and isinstance(epoch, int):
         return epoch
     ws = await remote.workspace(acquire_lease=True)
     state.update(session_id=remote.session_id, lease_epoch=int(ws.lease_epoch))
-    state.setdefault("version", 1)
-    await asyncio.to_thread(_write_state, state_dir, state)
+    await asyncio.to_thread(lambda: save_state(state_dir, **state))
     return int(ws.lease_epoch)
 
 
-def _read_state(state_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+@dataclass(frozen=True)
+class PendingCommit:
+    """A commit sent but not acknowledged, kept in ``state.json``.
 
+    A commit whose reply was lost (the server died after committing and our
+    retries ran out) is sent again, with the same idempotency key and
+    manifest, when the snapshot is re-run from the same state: the server
+    hands back the snapshot it already made instead of committing a
+    duplicate, and no second manifest is stored. "The same state" is
+    ``of``: the session, both trees (workspace and session state), the
+    transcript position, the lease epoch and the trigger."""
 
-def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
-    # Same file and format as restore's state.json (temp file + rename).
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, state_dir / STATE_FILE)
+    of: list[Any]
+    key: str
+    manifest_id: str
+
+    @staticmethod
+    def identity(
+        session_id: str, cover: tuple[bytes, bytes, str, int], epoch: int, trigger: int
+    ) -> list[Any]:
+        root, config, t_uuid, t_seq = cover
+        return [session_id, root.hex(), config.hex(), t_uuid, t_seq, epoch, trigger]
+
+    @staticmethod
+    def load(state_dir: Path, of: list[Any]) -> PendingCommit | None:
+        pending = (load_state(state_dir) or {}).get("pending_commit")
+        if not isinstance(pending, dict) or pending.get("of") != of:
+            return None
+        key, manifest_id = pending.get("key"), pending.get("manifest_id")
+        if not (isinstance(key, str) and key and isinstance(manifest_id, str) and manifest_id):
+            return None
+        return PendingCommit(of, key, manifest_id)
+
+    def save(self, state_dir: Path) -> None:
+        state = load_state(state_dir) or {}
+        state["pending_commit"] = {"of": self.of, "key": self.key, "manifest_id": self.manifest_id}
+        save_state(state_dir, **state)
+
+    @staticmethod
+    def clear(state_dir: Path) -> None:
+        state = load_state(state_dir) or {}
+        if state.pop("pending_commit", None) is not None:
+            save_state(state_dir, **state)
 
 
 def _working_dir(cwd: Path) -> Path:
@@ -224,6 +252,11 @@ async def snapshot(
             if skip_unchanged and state.last is not None and state.last_key == cover:
                 _remember(state, state_dir, caches, built, state.last.snapshot_id, save=False)
                 return state.last
+            identity = PendingCommit.identity(remote.session_id, cover, epoch, trigger)
+            pending = await asyncio.to_thread(PendingCommit.load, state_dir, identity)
+            if pending is not None:
+                manifest_id = pending.manifest_id
+                break
             manifest = format_pb2.Manifest(
                 version=wf.FORMAT_VERSION,
                 root_tree_id=built.root_tree_id,
@@ -274,15 +307,23 @@ async def snapshot(
         transcript_seq=t_seq,
         file_history_included=bool(built.config and built.config.file_history_included),
         stats=stats,
-        idempotency_key=uuid.uuid4().hex,
     )
+    reused = pending is not None
+    if pending is None:
+        pending = PendingCommit(identity, uuid.uuid4().hex, manifest_id)
+        await asyncio.to_thread(pending.save, state_dir)
+    request.idempotency_key = pending.key
     try:
         marks.append(time.monotonic())
         snap = await _commit(remote, request)
         marks.append(time.monotonic())
-    except BaseException:
+    except BaseException as exc:
         state.return_dirty(dirty)
+        if reused and isinstance(exc, NotFound):
+            # The pending manifest was collected meanwhile: start afresh next time.
+            await asyncio.to_thread(PendingCommit.clear, state_dir)
         raise
+    await asyncio.to_thread(PendingCommit.clear, state_dir)
     _remember(state, state_dir, caches, built, snap.snapshot_id)
     marks.append(time.monotonic())
     log.debug(

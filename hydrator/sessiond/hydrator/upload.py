@@ -45,7 +45,7 @@ BATCH_BYTES = 8 << 20
 # Two 8 MiB packs in flight keep the server as busy as one of 16 MiB never
 # did, for the same server memory (it holds a few copies of each pack).
 PACK_BYTES = 8 << 20
-MAX_BUFFERED_BYTES = 64 << 20
+MAX_BUFFERED_BYTES = 48 << 20
 MAX_BATCHES_IN_FLIGHT = 2
 PACKS_IN_FLIGHT = 2
 
@@ -190,10 +190,12 @@ class Uploader:
                         raw += len(item[2])
                     else:
                         dropped += len(item[2])
+                batch.clear()  # (the plaintext must not outlive its accounting)
                 self._release(dropped)
                 if not todo:
                     return
                 frames = await self._loop.run_in_executor(self._pool, _compress_all, todo)
+                todo.clear()
             framed = sum(len(f.frame) for f in frames)
             with self._cond:  # plaintext gone, frames held until their pack is sent
                 self._buffered += framed - raw

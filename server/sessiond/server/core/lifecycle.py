@@ -19,9 +19,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from claude_agent_sdk import project_key_for_directory
 
 from sessiond.client.errors import (
     FailedPrecondition,
@@ -36,6 +38,7 @@ from ..storage.metadata import MetadataStore
 from ..storage.records import SessionChanges, SessionRecord, SessionState, TranscriptKey
 from .leases import Lease, LeaseManager
 from .sandbox_env import DEFAULT_ALLOWLIST, allowlisted
+from .turns import TurnEvent, TurnRunner
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +55,6 @@ class LifecycleConfig:
     token_ttl: float = 6 * 3600
     sandbox_image: str = ""
     server_env: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class TurnEvent:
-    """One item of a Query stream: a status change or an SDK message."""
-
-    phase: str = ""  # queued | hydrating | running | snapshotting | done
-    detail: str = ""
-    snapshot_id: str = ""
-    message_type: str = ""
-    message_json: str = ""
-    message_uuid: str = ""
 
 
 class LifecycleObserver(Protocol):
@@ -146,7 +137,11 @@ class Lifecycle:
 
     # -- hydrate ---------------------------------------------------------------
 
-    async def ensure_sandbox(self, lease: Lease) -> SessionRecord:
+    async def ensure_sandbox(
+        self,
+        lease: Lease,
+        on_created: Callable[[SandboxInfo], Awaitable[None]] | None = None,
+    ) -> SessionRecord:
         """Make sure the session has a live sandbox holding its latest state."""
         record = lease.record
         if record.state is SessionState.ACTIVE and record.sandbox_id:
@@ -164,7 +159,7 @@ class Lifecycle:
                 )
         if record.state is SessionState.SUSPENDING:
             record = await lease.update(SessionChanges(state=SessionState.ACTIVE))
-            return await self.ensure_sandbox(lease)
+            return await self.ensure_sandbox(lease, on_created)
         if record.state is SessionState.HYDRATING:
             # A replica died mid-hydration: start over from the snapshot.
             if record.sandbox_id:
@@ -181,7 +176,14 @@ class Lifecycle:
         finally:
             self._observe("hydrate", "", started, ok)
 
-    async def _hydrate(self, lease: Lease) -> SessionRecord:
+    async def _hydrate(
+        self,
+        lease: Lease,
+        on_created: Callable[[SandboxInfo], Awaitable[None]] | None = None,
+    ) -> SessionRecord:
+        """Create a sandbox and restore the latest snapshot into it.
+        ``on_created`` runs as soon as the sandbox exists (the turn's runner
+        starts there, overlapping its start-up with the restore)."""
         record = lease.record
         fallback = record.state
         if not record.sdk_session_id:
@@ -203,6 +205,8 @@ class Lifecycle:
             record = await lease.update(
                 SessionChanges(sandbox_id=info.sandbox_id, sandbox_cwd=info.workdir)
             )
+            if on_created is not None:
+                await on_created(info)
             project_key = await self._restore_into(lease, info)
             if record.project_key and record.project_key != project_key:
                 await self._meta.transcripts.move_session(
@@ -228,7 +232,8 @@ class Lifecycle:
 
     async def _restore_into(self, lease: Lease, info: SandboxInfo) -> str:
         """Restore the latest snapshot into the sandbox (if any); return the
-        project key of the sandbox's working directory."""
+        project key of the sandbox's working directory (computed here with the
+        SDK's own function: providers report workdirs as real paths)."""
         record = lease.record
         args = [
             "restore",
@@ -243,14 +248,10 @@ class Lifecycle:
             "--progress",
             "none",
         ]
-        code, out, err = await self._hydrator(lease, args)
+        code, _, err = await self._hydrator(lease, args)
         if code != 0:
             raise Unavailable(f"restore exited with {code}: {_tail(err)}")
-        report = _last_json(out)
-        project_key = report.get("project_key")
-        if not isinstance(project_key, str) or not project_key:
-            raise Unavailable("restore did not report the sandbox's project key")
-        return project_key
+        return str(project_key_for_directory(info.workdir))
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:
@@ -272,12 +273,37 @@ class Lifecycle:
         await self._live(tenant_id, session_id)
         yield TurnEvent(phase="queued")
         async with self._leases.hold(tenant_id, session_id) as lease:
-            if lease.record.state is not SessionState.ACTIVE:
-                yield TurnEvent(phase="hydrating")
-            await self.ensure_sandbox(lease)
-            yield TurnEvent(phase="running")
-            async for event in self._run_turn(lease, prompt, options or {}):
-                yield event
+            runner: TurnRunner | None = None
+            try:
+                if not self._has_live_sandbox(lease.record):
+                    yield TurnEvent(phase="hydrating")
+                    resume = await self._transcript_exists(lease.record)
+
+                    async def start(info: SandboxInfo) -> None:
+                        nonlocal runner
+                        runner = await self._start_runner(lease, info, options or {}, resume)
+
+                    await self.ensure_sandbox(lease, on_created=start)
+                else:
+                    await self.ensure_sandbox(lease)
+                if runner is None:
+                    info = await self._provider.describe(lease.record.sandbox_id or "")
+                    resume = await self._transcript_exists(lease.record)
+                    runner = await self._start_runner(lease, info, options or {}, resume)
+                yield TurnEvent(phase="running")
+                await runner.send(prompt)
+                async for event in runner.events():
+                    lease.check()
+                    yield event
+            except BaseException:
+                if runner is not None:
+                    await runner.kill()
+                raise
+            finally:
+                if runner is not None and not lease.lost.is_set():
+                    await lease.update(
+                        SessionChanges(add_turns=1 if runner.got_result else 0, touch=True)
+                    )
             policy = lease.record.snapshot_policy.get("after_each_turn", False)
             snapshot_id = ""
             if snapshot_after or policy:
@@ -285,69 +311,38 @@ class Lifecycle:
                 snapshot_id = await self.snapshot(lease, trigger="turn")
             yield TurnEvent(phase="done", snapshot_id=snapshot_id)
 
-    async def _run_turn(
-        self, lease: Lease, prompt: str, overrides: dict[str, Any]
-    ) -> AsyncIterator[TurnEvent]:
+    @staticmethod
+    def _has_live_sandbox(record: SessionRecord) -> bool:
+        return record.state is SessionState.ACTIVE and bool(record.sandbox_id)
+
+    async def _transcript_exists(self, record: SessionRecord) -> bool:
+        """Whether the SDK session already has a transcript (resume it) or
+        not (start it under its pre-assigned id)."""
+        if not record.project_key or not record.sdk_session_id:
+            return False
+        _, seq = await self._meta.transcripts.last_position(
+            record.tenant_id, TranscriptKey(record.project_key, record.sdk_session_id)
+        )
+        return seq > 0
+
+    async def _start_runner(
+        self, lease: Lease, info: SandboxInfo, overrides: dict[str, Any], resume: bool
+    ) -> TurnRunner:
         record = lease.record
-        assert record.sandbox_id and record.sandbox_cwd and record.sdk_session_id
+        assert record.sandbox_id and record.sdk_session_id
         options = {**record.agent_options, **{k: v for k, v in overrides.items() if v}}
-        _, seq = (
-            await self._meta.transcripts.last_position(
-                record.tenant_id,
-                TranscriptKey(record.project_key or "", record.sdk_session_id),
-            )
-            if record.project_key
-            else (None, 0)
+        return await TurnRunner.start(
+            self._provider,
+            record.sandbox_id,
+            command=self.config.hydrator_command,
+            env=self._call_env(record, info),
+            session_id=record.session_id,
+            workdir=info.workdir,
+            config_dir=info.config_dir,
+            sdk_session_id=record.sdk_session_id,
+            resume=resume,
+            options=options,
         )
-        args = [
-            *self.config.hydrator_command,
-            "run",
-            "--session",
-            record.session_id,
-            "--cwd",
-            record.sandbox_cwd,
-            "--sdk-session-id",
-            record.sdk_session_id,
-            "--options",
-            json.dumps(options),
-        ]
-        if seq > 0:
-            args.append("--resume")
-        execution = await self._provider.exec(
-            record.sandbox_id, args, env=self._call_env(record), stdin=prompt.encode()
-        )
-        got_result = False
-        stderr = bytearray()
-        buf = b""
-        try:
-            async for event in execution.events():
-                lease.check()
-                if event.stream == "stderr":
-                    stderr.extend(event.data)
-                    del stderr[:-8192]
-                    continue
-                buf += event.data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    parsed = _parse_message(line)
-                    if parsed is None:
-                        continue
-                    if parsed.message_type == "result":
-                        got_result = True
-                    yield parsed
-            code = await execution.wait()
-        except BaseException:
-            await execution.kill()
-            raise
-        await lease.update(SessionChanges(add_turns=1 if got_result else 0, touch=True))
-        if code != 0 or not got_result:
-            log.warning(
-                "runner failed session=%s exit=%s stderr_bytes=%d",
-                record.session_id,
-                code,
-                len(stderr),
-            )
-            raise Unavailable(f"the agent runner exited with code {code} before finishing the turn")
 
     # -- snapshots / suspend -----------------------------------------------------
 
@@ -449,22 +444,10 @@ class Lifecycle:
         )
 
 
-def _parse_message(line: bytes) -> TurnEvent | None:
-    line = line.strip()
-    if not line:
-        return None
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    msg_uuid = data.get("uuid")
-    return TurnEvent(
-        message_type=str(data.get("type", "")),
-        message_json=line.decode("utf-8", "replace"),
-        message_uuid=msg_uuid if isinstance(msg_uuid, str) else "",
-    )
+def _tail(err: bytes, limit: int = 300) -> str:
+    """The last line of a hydrator's stderr (its one-line error), bounded."""
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1][-limit:] if lines else "no error output"
 
 
 def _last_json(out: bytes) -> dict[str, Any]:
@@ -478,9 +461,3 @@ def _last_json(out: bytes) -> dict[str, Any]:
             if isinstance(value, dict):
                 return value
     return {}
-
-
-def _tail(err: bytes, limit: int = 300) -> str:
-    """The last line of a hydrator's stderr (its one-line error), bounded."""
-    lines = err.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1][-limit:] if lines else "no error output"
