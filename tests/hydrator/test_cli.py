@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from claude_agent_sdk import project_key_for_directory
+
 from sessiond.api.v1 import common_pb2
 
 from .snapshot_helpers import describe, make_workspace, read_snapshot, workspace_env
@@ -60,7 +62,27 @@ async def test_snapshot_and_restore_round_trip(tmp_path: Path) -> None:
                                    env={"SESSIOND_TOKEN": token})  # fmt: skip
         assert code == 0, err
         assert json.loads(out)["snapshot_id"] == result["snapshot_id"]
+        assert json.loads(out)["project_key"] == project_key_for_directory(target)
         assert describe(target) == expected
+
+        # A caller's key for the very path is used as given (the managed
+        # server passes one to spare the sandbox an SDK import) ...
+        given = "-given-by-the-caller"
+        code, out, err = await run("restore", *base, "--cwd", str(tmp_path / "again"),
+                                   "--config-dir", str(tmp_path / "cfg2"),
+                                   f"--project-key={given}",
+                                   env={"SESSIOND_TOKEN": token})  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out)["project_key"] == given
+        # ... but not for a path that resolves elsewhere here.
+        (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+        (tmp_path / "real").mkdir()
+        code, out, err = await run("restore", *base, "--cwd", str(tmp_path / "link"),
+                                   "--config-dir", str(tmp_path / "cfg3"),
+                                   f"--project-key={given}",
+                                   env={"SESSIOND_TOKEN": token})  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out)["project_key"] == project_key_for_directory(tmp_path / "real")
 
 
 async def test_server_errors_exit_1_and_never_print_the_token(tmp_path: Path) -> None:

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     rest = sub.add_parser("restore", parents=[common], help="restore the latest (or a) snapshot")
     rest.add_argument("--snapshot", default=None, help="snapshot id (default: the latest)")
     rest.add_argument(
+        "--project-key",
+        default=None,
+        help="the SDK's project key of --cwd as computed by the caller; used when --cwd is"
+        " already a real path here (else the key is computed in the sandbox)",
+    )
+    rest.add_argument(
         "--epoch",
         type=int,
         default=None,
@@ -196,8 +202,16 @@ async def _snapshot(remote: WorkspaceRemote, args: argparse.Namespace, progress:
 async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: Progress) -> int:
     from . import projectkey
 
-    # The key printed below comes from the SDK; a child computes it meanwhile.
-    key_job = projectkey.Background(await asyncio.to_thread(os.path.realpath, args.cwd))
+    # The key printed below comes from the SDK: the caller's, when it computed
+    # it for this very path, else a child computes it meanwhile (importing
+    # the SDK takes a second or more).
+    real, given = await asyncio.to_thread(
+        lambda: (os.path.realpath(args.cwd), os.path.abspath(args.cwd))
+    )
+    if args.project_key and real == given:
+        key_job = projectkey.Background.known(real, args.project_key)
+    else:
+        key_job = projectkey.Background(real)
     try:
         try:
             from .restore import restore

@@ -118,6 +118,14 @@ class Background:
             self._proc = None
         self._key: str | None = None
 
+    @classmethod
+    def known(cls, directory: str, key: str) -> Background:
+        """A key already known (computed by the caller with the same SDK
+        function for the same real path): no child."""
+        job = cls.__new__(cls)
+        job.directory, job._proc, job._key = directory, None, key
+        return job
+
     def result(self) -> str:
         if self._key is not None:
             return self._key

@@ -170,7 +170,7 @@ class Lifecycle:
             )
         started, ok = time.monotonic(), False
         try:
-            record = await self._hydrate(lease)
+            record = await self._hydrate(lease, on_created)
             ok = True
             return record
         finally:
@@ -232,9 +232,13 @@ class Lifecycle:
 
     async def _restore_into(self, lease: Lease, info: SandboxInfo) -> str:
         """Restore the latest snapshot into the sandbox (if any); return the
-        project key of the sandbox's working directory (computed here with the
-        SDK's own function: providers report workdirs as real paths)."""
+        project key of the sandbox's working directory. The key is computed
+        here with the SDK's own function (the server imported the SDK long
+        ago; the hydrator would need a second to) and handed to the hydrator,
+        which uses it when the workdir is a real path in the sandbox and
+        reports the key it used."""
         record = lease.record
+        expected = str(project_key_for_directory(info.workdir))
         args = [
             "restore",
             "--session",
@@ -247,11 +251,13 @@ class Lifecycle:
             str(lease.epoch),
             "--progress",
             "none",
+            f"--project-key={expected}",  # (keys start with "-": one argument)
         ]
-        code, _, err = await self._hydrator(lease, args)
+        code, out, err = await self._hydrator(lease, args)
         if code != 0:
             raise Unavailable(f"restore exited with {code}: {_tail(err)}")
-        return str(project_key_for_directory(info.workdir))
+        key = _last_json(out).get("project_key")
+        return key if isinstance(key, str) and key else expected
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:
