@@ -128,6 +128,11 @@ class SessiondServer:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Accept the clients' keepalive pings (every 30 s while a call is
+            # open, see sessiond.client): gRPC's default (5 min) answers them
+            # with GOAWAY "too_many_pings" during a long quiet stream, e.g. a
+            # PutPack while the hydrator reads a large file.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(self._auth, self.metrics)], options=options
