@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sessiond.api.v1 import common_pb2
 from sessiond.client import workspace_format as wf
-from sessiond.client.errors import Aborted, FailedPrecondition
+from sessiond.client.errors import Aborted, FailedPrecondition, Unavailable
 from sessiond.hydrator import snapshot as snapshot_mod
 from sessiond.hydrator import trees
 from sessiond.hydrator.snapshot import SnapshotState, snapshot
@@ -174,6 +175,53 @@ async def test_failed_commit_leaves_cache_unsaved(tmp_path: Path) -> None:
         progress = RecordingProgress()
         await snapshot(env.remote, ws, state=state, progress=progress)
     assert len(progress.read) == sum(1 for v in describe(ws).values() if v[0] == "file")
+
+
+async def test_a_commit_whose_reply_was_lost_is_not_committed_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit lands but every reply is lost: a re-run from the same state
+    resends the pending commit (same key) and gets the landed snapshot back;
+    a changed workspace is a new state and commits a new snapshot."""
+    monkeypatch.setattr(snapshot_mod, "_COMMIT_RETRIES", 1)
+    ws = tmp_path / "ws"
+    make_workspace(ws)
+    async with workspace_env(tmp_path) as env:
+
+        async def ids() -> list[str]:
+            listed = await env.client.list_snapshots(env.session_id)
+            return [s.snapshot_id for s in listed.snapshots]
+
+        first = await snapshot(env.remote, ws)
+        (ws / "README.md").write_text("second state\n")
+        real_commit = env.remote.commit
+        keys: list[str] = []
+
+        async def reply_lost(request: Any) -> common_pb2.Snapshot:
+            keys.append(request.idempotency_key)
+            await real_commit(request)
+            raise Unavailable("connection reset")
+
+        monkeypatch.setattr(env.remote, "commit", reply_lost)
+        with pytest.raises(Unavailable):
+            await snapshot(env.remote, ws)
+        landed = await ids()
+        assert len(landed) == 2 and landed[1] == first.snapshot_id
+        assert len(keys) == 2 and len(set(keys)) == 1  # the retry: same key
+
+        monkeypatch.setattr(env.remote, "commit", real_commit)
+        rerun = await snapshot(env.remote, ws)
+        assert rerun.snapshot_id == landed[0]
+        assert await ids() == landed
+        _, root, _ = await read_snapshot(env.remote, rerun)
+        assert root == describe(ws)
+
+        (ws / "README.md").write_text("third state\n")
+        third = await snapshot(env.remote, ws)
+        assert third.snapshot_id not in landed
+        assert await ids() == [third.snapshot_id, *landed]
+        _, root, _ = await read_snapshot(env.remote, third)
+        assert root == describe(ws)
 
 
 async def test_stale_lease_is_fenced(tmp_path: Path) -> None:
