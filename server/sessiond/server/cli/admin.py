@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -24,12 +23,11 @@ from typing import Any
 
 from sessiond.client.errors import SessiondError
 
-from ..config import ServerConfig
 from ..core.tenants import Tenants
 from ..storage.blob import BlobStore
 from ..storage.blob_url import open_blob_store
 from ..storage.metadata_url import open_metadata_store
-from .options import add_store_flags, database_url
+from .options import add_blob_url_flag, add_store_flags, blob_url, database_url
 
 
 def add_parser(sub: Any) -> None:
@@ -54,11 +52,7 @@ def add_parser(sub: Any) -> None:
         " on), then its objects and rows; re-run to finish an interrupted deletion",
     )
     rm.add_argument("tenant_id")
-    rm.add_argument(
-        "--blob-url",
-        default=os.environ.get("SESSIOND_BLOB_URL", ""),
-        help="the server's blob store (env SESSIOND_BLOB_URL; default: the data dir's)",
-    )
+    add_blob_url_flag(rm)
     rm.set_defaults(run=_run(_tenant_rm, blobs=True))
     tset = tsub.add_parser(
         "set",
@@ -112,8 +106,7 @@ def _run(action: Action, *, blobs: bool = False) -> Callable[[argparse.Namespace
             store: BlobStore | None = None
             try:
                 if blobs:
-                    url = args.blob_url or ServerConfig.embedded(Path(args.data_dir))[1]
-                    store = await open_blob_store(url, data_dir=Path(args.data_dir))
+                    store = await open_blob_store(blob_url(args), data_dir=Path(args.data_dir))
                 await action(Tenants(meta, store), args)
             finally:
                 if store is not None:

@@ -38,9 +38,15 @@ from ..storage.blob import BlobStore
 from ..storage.blob_url import open_blob_store
 from ..storage.metadata import MetadataStore
 from ..storage.metadata_url import open_metadata_store
-from .options import add_store_flags, database_url
+from .options import (
+    ENV_MASTER_KEY,
+    add_blob_url_flag,
+    add_store_flags,
+    blob_url,
+    database_url,
+    given_master_key,
+)
 
-ENV_MASTER_KEY = "SESSIOND_MASTER_KEY"
 WAIT_POLL_SECONDS = 5.0
 
 
@@ -84,17 +90,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def _store_flags(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
     add_store_flags(p)
-    p.add_argument(
-        "--blob-url",
-        default=env("SESSIOND_BLOB_URL", ""),
-        help="s3://bucket/prefix?endpoint=… or file:///dir (env SESSIOND_BLOB_URL; default:"
-        " the blob directory in the data dir)",
-    )
+    add_blob_url_flag(p)
     p.add_argument(
         "--master-key-file",
-        default=env("SESSIOND_MASTER_KEY_FILE", ""),
+        default=os.environ.get("SESSIOND_MASTER_KEY_FILE", ""),
         metavar="PATH",
         help=f"the servers' master key (or ${ENV_MASTER_KEY}); default <data dir>/master.key",
     )
@@ -112,23 +112,18 @@ class _Stores:
 
 
 def _master_key(args: argparse.Namespace) -> MasterKey | None:
-    text = os.environ.get(ENV_MASTER_KEY, "")
-    if args.master_key_file and text:
-        raise InvalidArgument(f"--master-key-file and ${ENV_MASTER_KEY} are both set: give one")
-    if args.master_key_file:
-        return read_master_key_file(Path(args.master_key_file))
-    if text:
-        return MasterKey.parse(text)
+    given = given_master_key(args)
+    if given is not None:
+        return given
     path = ServerConfig.default_master_key_file(Path(args.data_dir))
     return read_master_key_file(path) if path.exists() else None
 
 
 async def _open(args: argparse.Namespace) -> _Stores:
     master = _master_key(args)
-    blob_url = args.blob_url or ServerConfig.embedded(Path(args.data_dir))[1]
     meta = await open_metadata_store(database_url(args))
     try:
-        blobs = await open_blob_store(blob_url, data_dir=Path(args.data_dir))
+        blobs = await open_blob_store(blob_url(args), data_dir=Path(args.data_dir))
         await blobs.ping()
     except BaseException:
         await meta.close()

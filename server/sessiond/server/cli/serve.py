@@ -32,12 +32,10 @@ from ..config import (
     parse_listen,
 )
 from ..core.sandbox_env import parse_allowlist
-from ..core.sealing import MasterKey, read_master_key_file
-from .options import add_store_flags
+from .options import ENV_MASTER_KEY, add_blob_url_flag, add_store_flags, given_master_key
 
 log = logging.getLogger("sessiond.server")
 
-ENV_MASTER_KEY = "SESSIOND_MASTER_KEY"
 # Where a problem with each store is reported (StoreOpenError.store → flag).
 _STORE_FLAGS = {
     "database": "--database-url",
@@ -57,12 +55,7 @@ def add_parser(sub: Any) -> None:
         help="HOST:PORT to listen on (env SESSIOND_LISTEN; default %(default)s)",
     )
     add_store_flags(p)
-    p.add_argument(
-        "--blob-url",
-        default=env("SESSIOND_BLOB_URL", ""),
-        help="s3://bucket/prefix?endpoint=…&region=… or file:///dir (env SESSIOND_BLOB_URL; "
-        "default: a directory in the data dir)",
-    )
+    add_blob_url_flag(p)
     p.add_argument(
         "--auth",
         default=env("SESSIOND_AUTH", "none"),
@@ -236,31 +229,12 @@ def _pem(flag: str, path: str) -> bytes:
     return data
 
 
-def _master_key(args: argparse.Namespace) -> bytes | None:
-    """The master key from ``--master-key-file`` or ``$SESSIOND_MASTER_KEY``
-    (never both); None: the embedded default, left to the server.
-    ``InvalidArgument`` naming the flag or variable, never the key."""
-    text = os.environ.get(ENV_MASTER_KEY, "")
-    if args.master_key_file and text:
-        raise InvalidArgument(f"--master-key-file and ${ENV_MASTER_KEY} are both set: give one")
-    if args.master_key_file:
-        try:
-            return read_master_key_file(Path(args.master_key_file)).key
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"--master-key-file {exc}") from None
-    if text:
-        try:
-            return MasterKey.parse(text).key
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"${ENV_MASTER_KEY}: {exc}") from None
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     logformat.configure(args.log_level, args.log_format, sys.stderr)
     try:
         config = _config(args)
-        config = dataclasses.replace(config, master_key=_master_key(args))
+        given = given_master_key(args)  # None: the embedded default, left to the server
+        config = dataclasses.replace(config, master_key=given.key if given else None)
         if not args.database_url or not args.blob_url:
             config.data_dir.mkdir(parents=True, exist_ok=True)
     except (InvalidArgument, OSError) as exc:
