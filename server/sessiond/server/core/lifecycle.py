@@ -280,22 +280,22 @@ class Lifecycle:
         yield TurnEvent(phase="queued")
         async with self._leases.hold(tenant_id, session_id) as lease:
             runner: TurnRunner | None = None
+            # (Asked before any hydration re-keys the transcript.)
+            resume = await self._transcript_exists(lease.record)
+
+            async def start(info: SandboxInfo) -> None:
+                nonlocal runner
+                runner = await self._start_runner(lease, info, options or {}, resume)
+
             try:
                 if not self._has_live_sandbox(lease.record):
                     yield TurnEvent(phase="hydrating")
-                    resume = await self._transcript_exists(lease.record)
-
-                    async def start(info: SandboxInfo) -> None:
-                        nonlocal runner
-                        runner = await self._start_runner(lease, info, options or {}, resume)
-
-                    await self.ensure_sandbox(lease, on_created=start)
-                else:
-                    await self.ensure_sandbox(lease)
+                # A new sandbox starts the runner as soon as it exists;
+                # a live one gets it here.
+                await self.ensure_sandbox(lease, on_created=start)
                 if runner is None:
-                    info = await self._provider.describe(lease.record.sandbox_id or "")
-                    resume = await self._transcript_exists(lease.record)
-                    runner = await self._start_runner(lease, info, options or {}, resume)
+                    await start(await self._provider.describe(lease.record.sandbox_id or ""))
+                assert runner is not None
                 yield TurnEvent(phase="running")
                 await runner.send(prompt)
                 async for event in runner.events():
