@@ -208,10 +208,7 @@ async def _restore(remote: WorkspaceRemote, args: argparse.Namespace, progress: 
     real, given = await asyncio.to_thread(
         lambda: (os.path.realpath(args.cwd), os.path.abspath(args.cwd))
     )
-    if args.project_key and real == given:
-        key_job = projectkey.Background.known(real, args.project_key)
-    else:
-        key_job = projectkey.Background(real)
+    key_job = projectkey.Background(real, key=args.project_key if real == given else None)
     try:
         try:
             from .restore import restore

@@ -102,11 +102,16 @@ def project_key(directory: str | os.PathLike[str], state_dir: Path | None = None
 class Background:
     """The key of ``directory``, being computed by a child interpreter.
     :meth:`result` waits for it (falling back to :func:`compute`);
-    :meth:`close` stops a child whose answer is no longer wanted."""
+    :meth:`close` stops a child whose answer is no longer wanted. A ``key``
+    the caller already has (computed with the same SDK function for the same
+    real path) starts no child."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, key: str | None = None) -> None:
         self.directory = directory
-        self._proc: subprocess.Popen[bytes] | None
+        self._key = key or None
+        self._proc: subprocess.Popen[bytes] | None = None
+        if self._key is not None:
+            return
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, directory],
@@ -116,15 +121,6 @@ class Background:
             )
         except OSError:
             self._proc = None
-        self._key: str | None = None
-
-    @classmethod
-    def known(cls, directory: str, key: str) -> Background:
-        """A key already known (computed by the caller with the same SDK
-        function for the same real path): no child."""
-        job = cls.__new__(cls)
-        job.directory, job._proc, job._key = directory, None, key
-        return job
 
     def result(self) -> str:
         if self._key is not None:
